@@ -1,0 +1,39 @@
+# ELSPETH on Prefect. `make demo` runs the example pipeline (with a crash and a resume);
+# `make test` runs the whole test suite. Both create the environment first (uv, bootstrapped).
+SHELL := /bin/bash
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export UV_PYTHON := 3.11
+
+UV ?= $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+RUN := $(UV) run --frozen
+
+.PHONY: env demo test lint bench bench-quick clean
+
+$(UV):
+	@echo "uv not found: installing it for this user"
+	python3 -m pip install --user --quiet uv || (curl -LsSf https://astral.sh/uv/install.sh | sh)
+
+env: $(UV)
+	$(UV) sync --frozen
+
+demo: env
+	$(RUN) python -m deployments.demo
+
+test: env
+	$(RUN) pytest -q
+
+lint: env
+	$(RUN) ruff check .
+	$(RUN) ruff format --check .
+	$(RUN) mypy
+	$(RUN) lint-imports
+
+bench: env
+	$(RUN) python -m benchmarks.run
+
+bench-quick: env
+	$(RUN) python -m benchmarks.run --quick
+
+clean:
+	rm -rf runs .elspeth examples/*/out test-artifacts

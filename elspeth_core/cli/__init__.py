@@ -1,0 +1,1 @@
+"""The ``elspeth`` command line (Typer + rich). One module per command group."""

@@ -1,0 +1,31 @@
+"""The ``elspeth`` application: command registration and the documented exit codes."""
+
+from __future__ import annotations
+
+import typer
+
+from elspeth_core.cli import resume, run, runs, validate
+from elspeth_core.cli.common import setup_logging
+
+HELP = """ELSPETH: auditable, crash-safe data pipelines with row-level lineage.
+
+Exit codes: 0 success; 1 validation/usage error or refused action; 2 run failed;
+3 resume refused (not resumable: not found, completed, in progress, no checkpoint,
+configuration mismatch, source changed).
+"""
+
+app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app.command("run")(run.run_command)
+app.command("resume")(resume.resume_command)
+app.command("validate")(validate.validate_command)
+app.add_typer(runs.app, name="runs")
+app.add_typer(validate.plugins_app, name="plugins")
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+    setup_logging(verbose)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,1 @@
+"""Pure orchestration of a run: gates and expressions, aggregation, coalesce, tokens (no I/O)."""

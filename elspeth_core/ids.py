@@ -1,0 +1,43 @@
+"""Time-ordered identifiers (ULID-like, in hex) for runs, rows, tokens and audit records.
+
+Identifiers sort by creation time, so B-tree inserts stay append-only and cheap. Node IDs are NOT
+made here: they are derived deterministically from the configuration (``dag``). This module keeps
+per-instance state only (no globals beyond the default generator used by ``new_id``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+
+class IdGenerator:
+    """Monotonic IDs: 48-bit milliseconds + 64-bit random-then-incrementing suffix, as 28 hex chars.
+
+    Hex rather than base32 because formatting is the hot path (several IDs per row).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last_ms = -1
+        self._suffix = 0
+
+    def new(self) -> str:
+        with self._lock:
+            now = time.time_ns() // 1_000_000
+            if now <= self._last_ms:
+                self._suffix += 1
+                now = self._last_ms
+            else:
+                self._last_ms = now
+                self._suffix = int.from_bytes(os.urandom(8), "big") >> 8
+            return f"{now:012x}{self._suffix:016x}"
+
+
+_default = IdGenerator()
+
+
+def new_id() -> str:
+    """A new time-ordered 28-character identifier."""
+    return _default.new()

@@ -1,0 +1,42 @@
+"""Alembic migrations of the landscape schema, shipped inside the package.
+
+``HEAD_REVISION`` is the revision this code expects. A fresh database is created from the
+metadata and stamped at head; an older one is upgraded by ``elspeth db upgrade``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection
+
+HEAD_REVISION = "0001_baseline"
+SCRIPT_LOCATION = Path(__file__).parent
+
+
+def alembic_config(url: str | None = None) -> Config:
+    """An Alembic configuration pointing at the packaged migration scripts."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    if url:
+        config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def current_revision(conn: Connection) -> str | None:
+    """The Alembic revision stamped in this database, or None when it has none."""
+    return MigrationContext.configure(conn).get_current_revision()
+
+
+def stamp_head(conn: Connection) -> None:
+    """Record the head revision in a database whose tables were just created from metadata."""
+    context = MigrationContext.configure(conn)
+    context.stamp(_script(), "head")
+
+
+def _script():  # type: ignore[no-untyped-def]
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config())

@@ -1,0 +1,347 @@
+"""Built-in sources: ``csv``, ``json`` (array or JSON Lines) and ``null``.
+
+Sources only READ: they yield each record as a ``Row`` (a dict, in a stable order) or, when a
+record cannot even be parsed (undecodable bytes, a broken line, a wrong field count, NaN), as a
+``BadRow`` with a reason naming the line, so that the engine quarantines it — a source never
+crashes on one bad record and never drops one silently. Sources do NOT apply the ``schema``
+option: the engine validates rows with :class:`~elspeth_core.plugins.schema.RowSchema` built from
+``config.schema_`` and routes failures to ``config.on_validation_failure``. Sources never import
+SQLAlchemy and never touch the landscape.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, ClassVar, Literal
+
+from pydantic import Field
+
+from elspeth_core.errors import ConfigError, PluginError
+from elspeth_core.plugins.protocols import BadRow, PluginConfig, Row, validated_options
+from elspeth_core.plugins.schema import RowSchema
+
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class SourceOptions(PluginConfig):
+    """Options every source accepts: the schema and where rows that fail it go."""
+
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    on_validation_failure: str = Field(default="discard", min_length=1)
+
+
+class CsvSourceOptions(SourceOptions):
+    path: str = Field(min_length=1)
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    encoding: str = "utf-8"
+    skip_rows: int = Field(default=0, ge=0)
+
+
+class JsonSourceOptions(SourceOptions):
+    path: str = Field(min_length=1)
+    format: Literal["json", "jsonl"] | None = None
+    data_key: str | None = None
+    encoding: str = "utf-8"
+
+
+class _Source:
+    """Shared construction: validate options, parse the schema early so mistakes surface first."""
+
+    version: ClassVar[str] = "1.0.0"
+    config_model: ClassVar[type[SourceOptions]] = SourceOptions
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.config = validated_options(self.config_model, options)
+        self.row_schema = RowSchema.from_options(self.config.schema_)
+
+
+class NullSource(_Source):
+    """Yields nothing (pipelines driven by something else, tests)."""
+
+    name: ClassVar[str] = "null"
+
+    def read(self) -> Iterator[Row | BadRow]:
+        return iter(())
+
+
+class CsvSource(_Source):
+    """Streams a delimited text file; the header row names the fields; values stay strings.
+
+    ``skip_rows`` physical lines are skipped before the header (report preambles). A UTF-8 byte
+    order mark at the start of the file is dropped. Blank lines are skipped. Quoting is parsed strictly: a
+    malformed quote or an unterminated quoted field becomes a ``BadRow`` for that record.
+    """
+
+    name: ClassVar[str] = "csv"
+    config_model: ClassVar[type[SourceOptions]] = CsvSourceOptions
+    config: CsvSourceOptions
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        _check_encoding(self.config.encoding)
+
+    def read(self) -> Iterator[Row | BadRow]:
+        path = Path(self.config.path)
+        with _open_text(path, self.config.encoding, newline="") as handle:
+            for _ in range(self.config.skip_rows):
+                if not handle.readline():
+                    return
+            yield from self._records(handle, first_line=self.config.skip_rows + 1)
+
+    def _records(self, handle: IO[str], *, first_line: int) -> Iterator[Row | BadRow]:
+        lines: list[str] = []
+        reader = csv.reader(_tracked(handle, lines), delimiter=self.config.delimiter, strict=True)
+        line = first_line
+        header: list[str] | None = None
+        while True:
+            error: csv.Error | None = None
+            try:
+                record = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                record, error = [], exc
+            raw = "".join(lines)
+            start, line = line, line + len(lines)
+            lines.clear()
+            if error is not None:
+                yield self._malformed(error, raw, start, header_read=header is not None)
+            elif not record:
+                continue
+            elif header is None:
+                header = self._header(record, raw, start)
+            else:
+                yield self._row(header, record, raw, start)
+
+    def _malformed(self, error: csv.Error, raw: str, line: int, *, header_read: bool) -> BadRow:
+        if not header_read:
+            raise PluginError(f"{self.config.path}: header (line {line}) is malformed: {error}")
+        return BadRow(f"line {line}: malformed CSV: {error}", _printable(raw))
+
+    def _header(self, record: list[str], raw: str, line: int) -> list[str]:
+        problem = _undecodable(raw, self.config.encoding)
+        if problem:
+            raise PluginError(f"{self.config.path}: header (line {line}) {problem}")
+        duplicates = sorted({name for name in record if record.count(name) > 1})
+        if duplicates:
+            raise PluginError(
+                f"{self.config.path}: header (line {line}) repeats column {duplicates[0]!r}"
+            )
+        return record
+
+    def _row(self, header: list[str], record: list[str], raw: str, line: int) -> Row | BadRow:
+        if not raw.isascii():
+            problem = _undecodable(raw, self.config.encoding)
+            if problem:
+                return BadRow(f"line {line}: {problem}", _printable(raw))
+        if len(record) != len(header):
+            return BadRow(
+                f"line {line}: expected {len(header)} fields, got {len(record)}", _printable(raw)
+            )
+        return dict(zip(header, record, strict=True))
+
+
+class JsonSource(_Source):
+    """Reads a JSON array of objects (``json``) or one object per line (``jsonl``).
+
+    ``format`` defaults from the extension: ``.jsonl``/``.ndjson`` → ``jsonl``, else ``json``.
+    The ``json`` format reads the whole document into memory (JSON arrays cannot be streamed with
+    the standard library); use ``jsonl`` for large inputs, which is streamed line by line. With
+    ``data_key`` the array is taken from that key of a top-level object. ``NaN``/``Infinity``
+    tokens, undecodable bytes, lone surrogates and non-object records become ``BadRow``\\ s.
+    """
+
+    name: ClassVar[str] = "json"
+    config_model: ClassVar[type[SourceOptions]] = JsonSourceOptions
+    config: JsonSourceOptions
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        _check_encoding(self.config.encoding)
+        self.format = self.config.format or _infer_format(self.config.path)
+        if self.format == "jsonl" and self.config.data_key is not None:
+            raise ConfigError("data_key applies only to the 'json' (array) format", key="data_key")
+
+    def read(self) -> Iterator[Row | BadRow]:
+        path = Path(self.config.path)
+        with _open_text(path, self.config.encoding, newline=None) as handle:
+            if self.format == "jsonl":
+                yield from self._lines(handle)
+            else:
+                yield from self._array(handle)
+
+    def _lines(self, handle: IO[str]) -> Iterator[Row | BadRow]:
+        decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            yield _json_line(decode, line, number, self.config.encoding)
+
+    def _array(self, handle: IO[str]) -> Iterator[Row | BadRow]:
+        text = handle.read()
+        constants: list[str] = []
+        decoder = json.JSONDecoder(parse_constant=lambda token: _Constant(token, constants))
+        try:
+            document = decoder.decode(text)
+        except json.JSONDecodeError as exc:
+            raise PluginError(
+                f"{self.config.path}: invalid JSON at line {exc.lineno} column {exc.colno}: "
+                f"{exc.msg}"
+            ) from exc
+        items = self._items(document)
+        suspicious = bool(constants) or not text.isascii()
+        for index, item in enumerate(items):
+            yield _json_item(item, index, check=suspicious)
+
+    def _items(self, document: Any) -> list[Any]:
+        key = self.config.data_key
+        if key is not None:
+            if not isinstance(document, dict) or key not in document:
+                raise PluginError(f"{self.config.path}: no key {key!r} in the top-level object")
+            document = document[key]
+        if not isinstance(document, list):
+            hint = "" if key else " (set data_key to read an array inside an object)"
+            raise PluginError(
+                f"{self.config.path}: expected a JSON array, got {type(document).__name__}{hint}"
+            )
+        return document
+
+
+class _Constant:
+    """Stands in for a NaN/Infinity token in a whole-document parse, so only its item is bad."""
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: str, seen: list[str]) -> None:
+        self.token = token
+        seen.append(token)
+
+
+class _ConstantRejected(ValueError):
+    pass
+
+
+def _reject_constant(token: str) -> Any:
+    raise _ConstantRejected(token)
+
+
+def _json_line(decode: Callable[[str], Any], line: str, number: int, encoding: str) -> Row | BadRow:
+    if not line.isascii():
+        problem = _undecodable(line, encoding)
+        if problem:
+            return BadRow(f"line {number}: {problem}", _printable(line.rstrip("\n")))
+    try:
+        value = decode(line)
+    except _ConstantRejected as exc:
+        return BadRow(f"line {number}: {_constant_name(str(exc))} is not allowed", line.rstrip())
+    except json.JSONDecodeError as exc:
+        return BadRow(f"line {number}: invalid JSON: {exc.msg} (column {exc.colno})", line.rstrip())
+    if type(value) is not dict:
+        return BadRow(
+            f"line {number}: expected a JSON object, got {type(value).__name__}", line.rstrip()
+        )
+    if "\\u" in line and _find_problem(value):
+        return BadRow(f"line {number}: {_find_problem(value)}", _printable(line.rstrip()))
+    return value
+
+
+def _json_item(item: Any, index: int, *, check: bool) -> Row | BadRow:
+    problem = _find_problem(item) if check else None
+    if problem:
+        return BadRow(f"array index {index}: {problem}", _dump_raw(item))
+    if type(item) is not dict:
+        return BadRow(
+            f"array index {index}: expected a JSON object, got {type(item).__name__}",
+            _dump_raw(item),
+        )
+    return item
+
+
+def _find_problem(value: Any) -> str | None:
+    """Why a parsed value cannot be a row: a NaN/Infinity token or a string with bad characters."""
+    if isinstance(value, _Constant):
+        return f"{_constant_name(value.token)} is not allowed"
+    if isinstance(value, str):
+        return "contains a lone surrogate or undecodable bytes" if _has_surrogate(value) else None
+    if isinstance(value, dict):
+        children: Iterable[Any] = [*value.keys(), *value.values()]
+    elif isinstance(value, list):
+        children = value
+    else:
+        return None
+    for child in children:
+        problem = _find_problem(child)
+        if problem:
+            return problem
+    return None
+
+
+def _constant_name(token: str) -> str:
+    return "NaN" if token == "NaN" else "Infinity"
+
+
+def _dump_raw(item: Any) -> str:
+    text = json.dumps(
+        item, ensure_ascii=False, default=lambda v: getattr(v, "token", repr(v)), allow_nan=True
+    )
+    return _printable(text)
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and _LONE_SURROGATE.search(text) is not None
+
+
+def _undecodable(text: str, encoding: str) -> str | None:
+    """Describe the bytes that ``surrogateescape`` smuggled into ``text``, if any."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        escaped = _ESCAPED_BYTE.findall(text)
+        if not escaped:
+            return "contains a lone surrogate"
+        shown = bytes(ord(ch) - 0xDC00 for ch in escaped[:8])
+        return f"bytes not valid {encoding}: {shown!r}"
+    return None
+
+
+def _printable(text: str) -> str:
+    """``text`` with undecodable bytes and lone surrogates shown as escapes (safe to store)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _tracked(handle: IO[str], lines: list[str]) -> Iterator[str]:
+    """Feed ``handle``'s lines to the csv reader, keeping the current record's raw lines."""
+    for line in handle:
+        lines.append(line)
+        yield line
+
+
+def _open_text(path: Path, encoding: str, *, newline: str | None) -> IO[str]:
+    """Open for reading; undecodable bytes become lone surrogates (checked per record)."""
+    if codecs.lookup(encoding).name == "utf-8":
+        encoding = "utf-8-sig"  # same decoding, but a leading byte order mark is dropped
+    try:
+        return path.open(encoding=encoding, errors="surrogateescape", newline=newline)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"source file not found: {path}", key="path") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"source path is a directory: {path}", key="path") from exc
+    except OSError as exc:
+        raise PluginError(f"cannot open source file {path}: {exc.strerror or exc}") from exc
+
+
+def _check_encoding(encoding: str) -> None:
+    try:
+        codecs.lookup(encoding)
+    except LookupError as exc:
+        raise ConfigError(f"unknown encoding {encoding!r}", key="encoding") from exc
+
+
+def _infer_format(path: str) -> Literal["json", "jsonl"]:
+    return "jsonl" if Path(path).suffix.lower() in (".jsonl", ".ndjson") else "json"
