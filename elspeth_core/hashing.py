@@ -25,7 +25,7 @@ _json_fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_ke
 def _fast_path_ok(value: Any) -> bool:
     """True when Python's json output is already RFC 8785 canonical for this value.
 
-    That holds for flat dicts of str/bool/None/small-int values whose keys and strings stay in the
+    That holds for flat dicts of str/bool/None/small-int/mid-range-float values whose keys and strings stay in the
     Basic Multilingual Plane below the surrogates (sort order by code point equals UTF-16 order
     there) and contain no U+2028/U+2029 edge cases (both encoders write those literally).
     """
@@ -40,6 +40,11 @@ def _fast_path_ok(value: Any) -> bool:
                 return False
         elif kind is int:
             if not -_SAFE_INT <= item <= _SAFE_INT:
+                return False
+        elif kind is float:
+            # Python's repr equals ECMAScript's Number-to-string for non-integral values in this
+            # range (no exponent in either, same shortest round-trip digits).
+            if item.is_integer() or not 1e-4 <= abs(item) < 1e15:
                 return False
         elif item is not None and kind is not bool:
             return False

@@ -29,3 +29,7 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progr
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

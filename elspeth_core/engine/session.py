@@ -116,6 +116,8 @@ class RunSession:
         self.clock = clock or Clock()
         self.faults = faults or FaultInjector()
         self.stats = SessionStats()
+        self._reasons: dict[Any, str] = {}
+        self._recorded_at = now()
         self.started = time.perf_counter()
         self.keeper: Any = None
         self.records = ChunkRecords()
@@ -318,7 +320,6 @@ class RunSession:
                 "join_group_id": join_group_id,
                 "expand_group_id": expand_group_id,
                 "step_index": step_index,
-                "created_at": now(),
             }
         )
         for ordinal, parent in enumerate(parents or []):
@@ -381,7 +382,8 @@ class RunSession:
         error: dict[str, Any] | None = None,
         input_hash: str | None = None,
     ) -> str:
-        state_id = new_id()
+        # Derived, not random: a token passes a node once per attempt (cheaper than a new ID).
+        state_id = f"{token.token_id}-{position + 1}-{attempt}"
         self.records.node_states.append(
             {
                 "state_id": state_id,
@@ -395,7 +397,6 @@ class RunSession:
                 "output_hash": output_hash,
                 "duration_ms": (time.perf_counter() - started) * 1000.0,
                 "error_json": dumps(error) if error else None,
-                "started_at": now(),
             }
         )
         return state_id
@@ -509,7 +510,7 @@ class RunSession:
         state_id = self._state(token, node, position, started=started, output_hash=token.digest())
         self.records.routing_events.append(
             {
-                "event_id": new_id(),
+                "event_id": f"{state_id}-r",
                 "run_id": self.run_id,
                 "state_id": state_id,
                 "token_id": token.token_id,
@@ -517,8 +518,7 @@ class RunSession:
                 "edge_label": label,
                 "destination": dest,
                 "mode": "copy" if dest == "fork" else "move",
-                "reason_json": dumps({"condition": node.settings.condition, "result": result}),
-                "created_at": now(),
+                "reason_json": self._gate_reason(node, result),
             }
         )
         if dest == "continue":
@@ -528,6 +528,15 @@ class RunSession:
         else:
             self._to_sink(token, dest, "routed")
         return False
+
+    def _gate_reason(self, node: Node, result: Any) -> str:
+        key = (node.node_id, type(result).__name__, result if isinstance(result, bool) else None)
+        cached = self._reasons.get(key) if key[2] is not None else None
+        if cached is None:
+            cached = dumps({"condition": node.settings.condition, "result": result})
+            if key[2] is not None:
+                self._reasons[key] = cached
+        return cached
 
     # ------------------------------------------------------------------ forks and joins
     def _fork(self, parent: Token, node: Node, position: int) -> None:
@@ -760,7 +769,8 @@ class RunSession:
     ) -> None:
         self.records.token_outcomes.append(
             {
-                "outcome_id": new_id(),
+                # A token has at most one non-terminal and one terminal outcome.
+                "outcome_id": f"{token.token_id}-{'t' if terminal else 'n'}",
                 "run_id": self.run_id,
                 "token_id": token.token_id,
                 "outcome": outcome,
@@ -773,7 +783,7 @@ class RunSession:
                 "expand_group_id": expand_group_id,
                 "error_hash": error_hash,
                 "reason": reason,
-                "recorded_at": now(),
+                "recorded_at": self._recorded_at,
             }
         )
         self._last_token_id = token.token_id
@@ -833,6 +843,7 @@ class RunSession:
         self.progress.advance(self._rows_since_commit, run_id=self.run_id)
         self._rows_since_commit = 0
         self.records = ChunkRecords()
+        self._recorded_at = now()
         self._committed_position = (self.rows_ingested, self.source_exhausted)
         self.faults.hit("after_commit")
 

@@ -151,7 +151,6 @@ tokens = Table(
     Column("join_group_id", ID, nullable=True),
     Column("expand_group_id", ID, nullable=True),
     Column("step_index", Integer, nullable=False, server_default=text("0")),
-    _ts("created_at"),
 )
 
 token_parents = Table(
@@ -166,7 +165,7 @@ token_parents = Table(
 node_states = Table(
     "node_states",
     metadata,
-    Column("state_id", ID, primary_key=True),
+    Column("state_id", String(48), primary_key=True),
     Column("run_id", ID, nullable=False),
     Column("token_id", ID, nullable=False),
     Column("node_id", String(80), nullable=False),
@@ -177,30 +176,28 @@ node_states = Table(
     Column("output_hash", HASH, nullable=True),
     Column("duration_ms", Float, nullable=False),
     Column("error_json", Text, nullable=True),
-    _ts("started_at"),
     Index("ix_node_states_token", "token_id"),
 )
 
 routing_events = Table(
     "routing_events",
     metadata,
-    Column("event_id", ID, primary_key=True),
+    Column("event_id", String(48), primary_key=True),
     Column("run_id", ID, nullable=False),
-    Column("state_id", ID, nullable=False),
+    Column("state_id", String(48), nullable=False),
     Column("token_id", ID, nullable=False),
     Column("node_id", String(80), nullable=False),
     Column("edge_label", String(100), nullable=False),
     Column("destination", String(200), nullable=False),
     Column("mode", String(16), nullable=False),
     Column("reason_json", Text, nullable=False),
-    _ts("created_at"),
     Index("ix_routing_events_token", "token_id"),
 )
 
 token_outcomes = Table(
     "token_outcomes",
     metadata,
-    Column("outcome_id", ID, primary_key=True),
+    Column("outcome_id", String(48), primary_key=True),
     Column("run_id", ID, nullable=False),
     Column("token_id", ID, nullable=False),
     Column("outcome", String(24), nullable=False),

@@ -287,10 +287,19 @@ def _constant_name(token: str) -> str:
 
 
 def _dump_raw(item: Any) -> str:
-    text = json.dumps(
-        item, ensure_ascii=False, default=lambda v: getattr(v, "token", repr(v)), allow_nan=True
-    )
+    """The element as JSON text again, NaN/Infinity tokens included, for the quarantine record."""
+    text = json.dumps(_with_floats(item), ensure_ascii=False, allow_nan=True, default=repr)
     return _printable(text)
+
+
+def _with_floats(value: Any) -> Any:
+    if isinstance(value, _Constant):
+        return float(value.token)
+    if isinstance(value, dict):
+        return {key: _with_floats(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_with_floats(child) for child in value]
+    return value
 
 
 def _has_surrogate(text: str) -> bool:

@@ -95,6 +95,43 @@ async def cancel_like_ui(client: PrefectClient, flow_run_id: UUID | str) -> Orch
     return await client.set_flow_run_state(UUID(str(flow_run_id)), state, force=True)
 
 
+async def worker_executions(client: PrefectClient, flow_run_id: UUID | str) -> list[dict[str, Any]]:
+    """`prefect.worker.executed-flow-run` events for a flow run, one per finished attempt.
+
+    A worker emits this event once it is completely done with an attempt: after the
+    process exited, the worker reported `Crashed` for a non-zero exit code and ran the
+    flow's `on_crashed` hooks in a separate process (several seconds after a SIGKILL).
+    """
+    body = {
+        "filter": {
+            "event": {"name": ["prefect.worker.executed-flow-run"]},
+            "related": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        },
+        "limit": 50,
+    }
+    response = await client.request("POST", "/events/filter", json=body)
+    response.raise_for_status()
+    return list(response.json()["events"])
+
+
+async def wait_for_worker_release(
+    client: PrefectClient, flow_run_id: UUID | str, *, attempts: int = 1, timeout: float = 60.0
+) -> list[dict[str, Any]]:
+    """Wait until the worker has finished with `attempts` attempts of the flow run.
+
+    Retry a crashed run only after this: in 3.8.8 the worker proposes `Crashed` a second
+    time when its `run()` returns (after the on_crashed hooks), and if the run was retried
+    in between, that late proposal crashes the new attempt.
+    """
+
+    async def probe() -> list[dict[str, Any]]:
+        return await worker_executions(client, flow_run_id)
+
+    return await wait_for(
+        probe, lambda events: len(events) >= attempts, timeout=timeout, what="worker release"
+    )
+
+
 async def read_run_artifacts(client: PrefectClient, flow_run_id: UUID | str) -> list[Artifact]:
     """All artifacts (every version of every key) created by one flow run."""
     artifact_filter = ArtifactFilter(

@@ -28,8 +28,6 @@ from tests.support.pgserver import (
 
 # Until the root conftest imports the fixtures; after that, drop these two lines, or this
 # module gets a second session server of its own.
-pg_server = pg_fixtures.pg_server
-pg_url = pg_fixtures.pg_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,6 +7,7 @@ Create Date: ${create_date}
 
 from alembic import op
 import sqlalchemy as sa
+${"\n"}import elspeth_core.landscape.schema
 ${imports if imports else ""}
 
 revision = ${repr(up_revision)}

@@ -7,6 +7,7 @@ construction (int literals, ``row['k']`` fields and operators), with empty built
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
 import random
 import warnings
@@ -145,7 +146,8 @@ def _parse_or_reject(source: str) -> Expression | None:
 
 
 expression_alphabet = st.sampled_from(
-    list("row[]'\"ab01239 +-*/%()<>=!.,:;_{}\\\n\t") + ["get", "in", "not", "and", "if", "else"]
+    list("row[]'\"ab01239 +-*/%()<>=!.,:;_{}\\\n\t")
+    + ["get", "in", "not", "and", "if", "else"]
     + ["is", "None", "True", "lambda", "__class__", "open", "**", "//", "é", "\x00", "f'", "{x}"]
 )
 
@@ -157,10 +159,8 @@ def test_random_text_fails_only_with_expression_error(source: str) -> None:
     if expression is None:
         return
     _assert_within_allowlist(expression.source)
-    try:
+    with contextlib.suppress(ExpressionEvaluationError):
         expression.evaluate({"row": {"a": 1, "b": "x", 0: [1, 2]}})
-    except ExpressionEvaluationError:
-        pass
 
 
 # --- (3) a forbidden node spliced into a safe AST is always rejected ------------------------------
@@ -222,7 +222,9 @@ def _slots(tree: ast.AST) -> list[tuple[ast.AST, str, int | None]]:
     snippet=st.sampled_from(FORBIDDEN_SNIPPETS),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_forbidden_nodes_inserted_anywhere_are_rejected(source: str, snippet: str, seed: int) -> None:
+def test_forbidden_nodes_inserted_anywhere_are_rejected(
+    source: str, snippet: str, seed: int
+) -> None:
     tree = ast.parse(source, mode="eval")
     parent, field, index = random.Random(seed).choice(_slots(tree))
     forbidden = ast.parse(snippet, mode="eval").body

@@ -33,6 +33,7 @@ from tests.support.flow_runs import (
     retry_like_ui,
     wait_for,
     wait_for_flow_run,
+    wait_for_worker_release,
 )
 from tests.support.prefect_server import PrefectServer
 
@@ -177,7 +178,27 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             core=[(log.name, log.level, log.message) for log in logs if log.name.startswith("elspeth_core")],
         )
 
-        # b + d. SIGKILL the flow-run process, then retry as the UI does.
+        # b + d. SIGKILL the flow-run process; retrying at once loses a race with the worker.
+        marker_dir = runs / "race"
+        flow_run, attempt = await start_hanging_run("race", marker_dir)
+        os.kill(attempt["pid"], signal.SIGKILL)
+        await wait_for_flow_run(client, flow_run.id, lambda r: r.state.is_crashed())
+        result = await retry_like_ui(client, flow_run.id)
+        final = await wait_for_flow_run(
+            client, flow_run.id, lambda r: r.state.is_final(), timeout=90
+        )
+        history = await client.read_flow_run_states(flow_run.id)
+        report(
+            "b.retry_too_early",
+            status=result.status.value,
+            state=final.state.name,
+            message=final.state.message,
+            run_count=final.run_count,
+            history=[s.name for s in history],
+            markers=sorted(markers(marker_dir)),
+        )
+        await wait_for_worker_release(client, flow_run.id, attempts=2)
+
         marker_dir = runs / "sigkill"
         flow_run, attempt = await start_hanging_run("sigkill", marker_dir)
         pids = server_flow_run_pids(flow_run.id)
@@ -192,8 +213,15 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             message=crashed.state.message,
             run_count=crashed.run_count,
         )
-        await asyncio.sleep(5)
-        report("d.sigkill_hooks", markers=sorted(markers(marker_dir)), hooks=hooks(marker_dir, attempt))
+        events = await wait_for_worker_release(client, flow_run.id)
+        report(
+            "b.worker_released",
+            seconds=round(time.monotonic() - killed_at, 2),
+            status_code=[
+                r.get("prefect.infrastructure.status-code") for r in events[0]["related"]
+            ],
+            hooks=hooks(marker_dir, attempt),
+        )
         retried_at = time.monotonic()
         result = await retry_like_ui(client, flow_run.id)
         report("b.retry", status=result.status.value, state=result.state and result.state.name)
@@ -211,13 +239,14 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             inside_flow=second,
             history=[s.name for s in history],
         )
+        await wait_for_worker_release(client, flow_run.id, attempts=2)
 
         # d. SIGTERM, then retry with force=False as the legacy UI does.
         marker_dir = runs / "sigterm"
         flow_run, attempt = await start_hanging_run("sigterm", marker_dir)
         os.kill(attempt["pid"], signal.SIGTERM)
         crashed = await wait_for_flow_run(client, flow_run.id, lambda r: r.state.is_final())
-        await asyncio.sleep(5)
+        await wait_for_worker_release(client, flow_run.id)
         report(
             "d.sigterm",
             state=crashed.state.name,
@@ -243,6 +272,7 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             timeout=90,
         )
         failed = await client.read_flow_run(flow_run.id)
+        await wait_for_worker_release(client, flow_run.id)
         attempt = markers(marker_dir)["attempt-1.json"]
         report(
             "d.raise",
@@ -264,7 +294,7 @@ async def experiments(server: PrefectServer, project: Path) -> None:
         final = await wait_for_flow_run(
             client, flow_run.id, lambda r: r.state.is_final(), timeout=90
         )
-        await asyncio.sleep(5)
+        await wait_for_worker_release(client, flow_run.id)
         report(
             "d.cancel",
             seconds=round(time.monotonic() - cancelled_at, 1),

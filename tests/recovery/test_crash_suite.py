@@ -1,0 +1,183 @@
+"""The crash suite: SIGKILL real `elspeth` processes at named points and random instants.
+
+For a gate + three-sink pipeline (two CSV, one JSONL, plus a quarantine sink) over 20,000
+generated rows, every crash is followed by `elspeth resume --execute` (itself killed sometimes)
+until the run completes; then every sink file must be byte-identical to a crash-free run's, and the
+landscape invariants must hold (rows = source rows, one terminal outcome per token, no
+checkpoints left).
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from examples.generate import generate
+from tests.support.cli import (
+    assert_landscape_invariants,
+    gate_pipeline,
+    popen_cli,
+    run_cli,
+    run_ids,
+    sink_files,
+    write_settings,
+)
+
+ROWS = 20_000
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def input_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "in.csv"
+    generate(str(path), ROWS, seed=11, bad_every=997)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory, input_csv: Path) -> dict[str, bytes]:
+    work = tmp_path_factory.mktemp("reference")
+    settings = write_settings(work / "settings.yaml", gate_pipeline(work, input_csv))
+    result = run_cli("run", "-s", str(settings), "-x", cwd=work)
+    assert result.code == 0, result.stderr
+    files = sink_files(work)
+    assert set(files) == {"normal.csv", "high.csv", "flagged.jsonl", "quarantine.jsonl"}
+    assert files["quarantine.jsonl"].count(b"\n") == ROWS // 997
+    (run_id,) = run_ids(work / "audit.db")
+    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+    return files
+
+
+def _resume_until_done(work: Path, settings: Path, crash_plans: list[str]) -> int:
+    """Resume (with the given crash plans first, then cleanly) until exit 0; returns resumes."""
+    db = work / "audit.db"
+    plans = list(crash_plans)
+    for attempt in range(1, 30):
+        ids = run_ids(db)
+        env = {"ELSPETH_FAULT_INJECT": plans.pop(0)} if plans else {}
+        if not ids:
+            result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
+        else:
+            result = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=work, env=env)
+        if result.code == 0:
+            return attempt
+        assert result.code == -signal.SIGKILL, (result.code, result.stderr)
+    raise AssertionError("run did not complete after 30 resumes")
+
+
+def _check(work: Path, reference: dict[str, bytes]) -> None:
+    files = sink_files(work)
+    assert files.keys() == reference.keys()
+    for name, content in reference.items():
+        assert files[name] == content, f"{name} differs from the crash-free run"
+    (run_id,) = run_ids(work / "audit.db")
+    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+
+
+@pytest.mark.parametrize(
+    ("first_crash", "resume_crashes"),
+    [
+        ("source_read:7000", []),
+        ("after_sink_write:40", []),
+        ("during_commit:55", []),
+        ("after_commit:90", []),
+        ("after_sink_write:1", []),  # before the first row is committed
+        ("after_sink_write:70", ["during_commit:20", "resume_start:1", "after_sink_write:45"]),
+        ("during_commit:199", ["source_read:150"]),  # the final commit, then inside the resume
+    ],
+)
+def test_named_crash_points(
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], first_crash: str,
+    resume_crashes: list[str],
+) -> None:
+    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
+    first = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
+                    env={"ELSPETH_FAULT_INJECT": first_crash})
+    assert first.code == -signal.SIGKILL, first.stderr
+    resumes = _resume_until_done(tmp_path, settings, resume_crashes)
+    assert resumes == len(resume_crashes) + 1
+    _check(tmp_path, reference)
+    attempts = len(resume_crashes) + 2
+    (run_id,) = run_ids(tmp_path / "audit.db")
+    shown = run_cli("runs", "show", run_id, "-d", f"sqlite:///{tmp_path / 'audit.db'}", "--json",
+                    cwd=tmp_path)
+    assert shown.code == 0
+    assert f'"attempt": {attempts}' in shown.stdout
+
+
+def test_random_sigkill_instants(
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
+) -> None:
+    """24 kills at seeded random instants, killing resumes too, then a final clean resume."""
+    rng = random.Random(20261125)
+    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
+    db = tmp_path / "audit.db"
+    kills = 0
+    while kills < 24:
+        ids = run_ids(db)
+        args = (["resume", ids[0], "-d", f"sqlite:///{db}", "-x"] if ids
+                else ["run", "-s", str(settings), "-x"])
+        proc = popen_cli(*args, cwd=tmp_path)
+        delay = rng.uniform(0.6, 3.0)
+        try:
+            proc.wait(timeout=delay)
+        except Exception:  # noqa: BLE001 - still running: kill it
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        proc.communicate()
+        if proc.returncode == 0:
+            break  # finished before the kill: fine, the run is complete
+        assert proc.returncode == -signal.SIGKILL
+        kills += 1
+    ids = run_ids(db)
+    if ids and (tmp_path / "out").exists():
+        final = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=tmp_path)
+        assert final.code in (0, 3), final.stderr
+        if final.code == 3:
+            assert "Run already completed" in final.stderr
+    assert kills >= 20, f"only {kills} kills happened before the run completed"
+    _check(tmp_path, reference)
+
+
+def test_concurrent_resumes_exactly_one_proceeds(
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
+) -> None:
+    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
+    first = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
+                    env={"ELSPETH_FAULT_INJECT": "after_commit:10"})
+    assert first.code == -signal.SIGKILL
+    (run_id,) = run_ids(tmp_path / "audit.db")
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    a = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
+    time.sleep(0.2)
+    b = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
+    out_a, err_a = a.communicate(timeout=600)
+    out_b, err_b = b.communicate(timeout=600)
+    codes = sorted([a.returncode, b.returncode])
+    assert codes == [0, 3], (codes, err_a, err_b)
+    loser = err_a if a.returncode == 3 else err_b
+    assert "Run already in progress" in loser
+    _check(tmp_path, reference)
+
+
+def test_copy_of_crashed_workdir_resumes_identically(
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
+) -> None:
+    """The landscape + sinks + payloads are everything: a crashed run moved elsewhere resumes."""
+    work = tmp_path / "a"
+    work.mkdir()
+    settings = write_settings(work / "settings.yaml", gate_pipeline(work, input_csv))
+    assert run_cli("run", "-s", str(settings), "-x", cwd=work,
+                   env={"ELSPETH_FAULT_INJECT": "after_sink_write:30"}).code == -signal.SIGKILL
+    (run_id,) = run_ids(work / "audit.db")
+    plan = run_cli("resume", run_id, "-d", f"sqlite:///{work / 'audit.db'}", "--json", cwd=work)
+    assert plan.code == 0, plan.stderr
+    assert '"unprocessed_rows": 0' in plan.stdout
+    shutil.copytree(work, tmp_path / "b")
+    assert _resume_until_done(work, settings, []) == 1
+    _check(work, reference)
