@@ -194,8 +194,10 @@ def _config_error(model: type[BaseModel], exc: ValidationError) -> ConfigError:
     elif kind == "missing":
         reason = "required option is missing"
     else:
-        shown = repr(first["input"])
-        reason = f"{first['msg']} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+        reason = first["msg"].removeprefix("Value error, ")
+        if first["loc"]:
+            shown = repr(first["input"])
+            reason += f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
     if len(errors) > 1:
         reason += f" (and {len(errors) - 1} more problem(s))"
     return ConfigError(reason, key=key)

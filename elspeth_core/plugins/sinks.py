@@ -86,6 +86,9 @@ class _FileSink:
     def restore(self, publication: Publication | None, *, run_id: str) -> None:
         """Open the output so that it holds exactly what ``publication`` vouches for.
 
+        ``run_id`` is part of the protocol for sinks that keep a per-run ledger (databases); a
+        file's publication state is all a file sink needs.
+
         Raises:
             SinkError: the file is missing or shorter than the publication says (it was modified
                 outside ELSPETH), or the publication belongs to another file.
@@ -181,18 +184,26 @@ class _FileSink:
         self._closed = False
 
     def _start_fresh(self) -> None:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self.mode == "append" and self.path.exists():
+        if self.mode == "append" and self.path.exists():
+            try:
                 handle = _open_binary(self.path, "r+")
-                self._base = self._offset = handle.seek(0, os.SEEK_END)
-            else:
-                handle = _open_binary(self.path, "w+")
-                _fsync_directory(self.path.parent)
-        except OSError as exc:
-            raise SinkError(f"cannot open output file {self.path}: {exc}") from exc
+            except OSError as exc:
+                raise SinkError(f"cannot open output file {self.path}: {exc}") from exc
+            self._base = self._offset = handle.seek(0, os.SEEK_END)
+        else:
+            handle = self._create()
         self._handle = handle
         self._after_fresh_open(handle)
+
+    def _create(self) -> io.BufferedRandom:
+        """Create (or truncate) the output file, making its directory entry durable."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = _open_binary(self.path, "w+")
+        except OSError as exc:
+            raise SinkError(f"cannot create output file {self.path}: {exc}") from exc
+        _fsync_directory(self.path.parent)
+        return handle
 
     def _resume(self, publication: Publication) -> None:
         state = publication.state
@@ -217,8 +228,8 @@ class _FileSink:
         try:
             handle = _open_binary(self.path, "r+")
         except FileNotFoundError as exc:
-            if offset == 0:
-                return _open_binary(self.path, "w+")
+            if offset == 0:  # nothing was published yet: recreating loses nothing
+                return self._create()
             raise SinkError(
                 f"output file {self.path} is missing, but the audit trail says {offset} bytes "
                 "were published to it: it was modified outside ELSPETH",
@@ -304,6 +315,8 @@ class CsvSink(_FileSink):
         fieldnames = self._fieldnames
         if fieldnames is None:
             fieldnames = [str(key) for key in rows[0]]
+            if not fieldnames:
+                raise SinkError(f"cannot start {self.path}: the first row has no fields")
             writer.writerow(fieldnames)
         known = frozenset(fieldnames)
         for row in rows:
@@ -348,7 +361,9 @@ class CsvSink(_FileSink):
 
 
 class JsonSink(_FileSink):
-    """JSON Lines (one compact object per line) or one JSON array (``[\\n`` rows ``,\\n`` ``\\n]\\n``).
+    """JSON Lines (one compact object per line) or one JSON array of compact objects.
+
+    The array is written as ``[\\n`` + rows joined by ``,\\n`` + ``\\n]\\n`` (one row per line).
 
     ``format`` defaults from the extension (``.jsonl``/``.ndjson`` → ``jsonl``, else ``json``).
     Output is UTF-8, non-ASCII written as is; NaN and Infinity are refused (``SinkError``). An

@@ -15,7 +15,7 @@ import codecs
 import csv
 import json
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, ClassVar, Literal
 
@@ -74,8 +74,10 @@ class CsvSource(_Source):
     """Streams a delimited text file; the header row names the fields; values stay strings.
 
     ``skip_rows`` physical lines are skipped before the header (report preambles). A UTF-8 byte
-    order mark at the start of the file is dropped. Blank lines are skipped. Quoting is parsed strictly: a
-    malformed quote or an unterminated quoted field becomes a ``BadRow`` for that record.
+    order mark at the start of the file is dropped. Blank lines are skipped. Quoting is parsed
+    strictly: a malformed quote, an unterminated quoted field or a field over the csv module's
+    size limit (128 KiB) becomes a ``BadRow`` for that record. Line numbers in reasons are the
+    physical line on which the record starts, counting skipped lines.
     """
 
     name: ClassVar[str] = "csv"
@@ -86,7 +88,7 @@ class CsvSource(_Source):
         super().__init__(options)
         _check_encoding(self.config.encoding)
 
-    def read(self) -> Iterator[Row | BadRow]:
+    def read(self) -> Generator[Row | BadRow, None, None]:
         path = Path(self.config.path)
         with _open_text(path, self.config.encoding, newline="") as handle:
             for _ in range(self.config.skip_rows):
@@ -168,7 +170,7 @@ class JsonSource(_Source):
         if self.format == "jsonl" and self.config.data_key is not None:
             raise ConfigError("data_key applies only to the 'json' (array) format", key="data_key")
 
-    def read(self) -> Iterator[Row | BadRow]:
+    def read(self) -> Generator[Row | BadRow, None, None]:
         path = Path(self.config.path)
         with _open_text(path, self.config.encoding, newline=None) as handle:
             if self.format == "jsonl":

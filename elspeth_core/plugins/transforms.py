@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from elspeth_core.errors import ConfigError
 from elspeth_core.plugins.protocols import PluginConfig, Row, TransformResult, validated_options
@@ -32,13 +32,14 @@ class FieldMapperOptions(TransformOptions):
     select_only: bool = False
     strict: bool = False
 
-    @model_validator(mode="after")
-    def _targets_unique(self) -> FieldMapperOptions:
-        targets = list(self.mapping.values())
+    @field_validator("mapping")
+    @classmethod
+    def _targets_unique(cls, mapping: dict[str, str]) -> dict[str, str]:
+        targets = list(mapping.values())
         duplicates = sorted({name for name in targets if targets.count(name) > 1})
         if duplicates:
             raise ValueError(f"two fields are renamed to {duplicates[0]!r}")
-        return self
+        return mapping
 
 
 class TruncateOptions(TransformOptions):
@@ -46,11 +47,13 @@ class TruncateOptions(TransformOptions):
     fields: list[str] | None = None
     suffix: str = ""
 
-    @model_validator(mode="after")
-    def _suffix_fits(self) -> TruncateOptions:
-        if len(self.suffix) > self.max_length:
-            raise ValueError(f"suffix {self.suffix!r} is longer than max_length {self.max_length}")
-        return self
+    @field_validator("suffix")
+    @classmethod
+    def _suffix_fits(cls, suffix: str, info: ValidationInfo) -> str:
+        max_length = info.data.get("max_length")
+        if max_length is not None and len(suffix) > max_length:
+            raise ValueError(f"suffix is longer than max_length {max_length}")
+        return suffix
 
 
 class KeywordFilterOptions(TransformOptions):
@@ -58,11 +61,12 @@ class KeywordFilterOptions(TransformOptions):
     fields: list[str] | Literal["all"] = "all"
     case_sensitive: bool = False
 
-    @model_validator(mode="after")
-    def _keywords_not_empty(self) -> KeywordFilterOptions:
-        if any(not keyword for keyword in self.keywords):
-            raise ValueError("keywords must not contain an empty string (it matches every value)")
-        return self
+    @field_validator("keywords")
+    @classmethod
+    def _keywords_not_empty(cls, keywords: list[str]) -> list[str]:
+        if any(not keyword for keyword in keywords):
+            raise ValueError("an empty keyword would match every value")
+        return keywords
 
 
 class JsonExplodeOptions(TransformOptions):

@@ -32,9 +32,15 @@ def elspeth_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "elspeth_core.cli.app", *args]
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> Result:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> Result:
     proc = subprocess.run(
-        elspeth_cmd(*args), cwd=cwd, env=cli_env(env), capture_output=True, text=True,
+        elspeth_cmd(*args),
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
@@ -42,8 +48,12 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: f
 
 def popen_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        elspeth_cmd(*args), cwd=cwd, env=cli_env(env), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True,
+        elspeth_cmd(*args),
+        cwd=cwd,
+        env=cli_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -66,10 +76,16 @@ def gate_pipeline(workdir: Path, input_csv: Path, **overrides: object) -> dict:
         },
         "row_plugins": [{"plugin": "field_mapper", "options": {"mapping": {"status": "state"}}}],
         "gates": [
-            {"name": "flagged", "condition": "row['state'] == 'flagged'",
-             "routes": {"true": "flagged", "false": "continue"}},
-            {"name": "big", "condition": "row['amount'] >= 500",
-             "routes": {"true": "high", "false": "continue"}},
+            {
+                "name": "flagged",
+                "condition": "row['state'] == 'flagged'",
+                "routes": {"true": "flagged", "false": "continue"},
+            },
+            {
+                "name": "big",
+                "condition": "row['amount'] >= 500",
+                "routes": {"true": "high", "false": "continue"},
+            },
         ],
         "sinks": {
             "normal": {"plugin": "csv", "options": {"path": str(out / "normal.csv")}},

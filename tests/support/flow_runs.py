@@ -89,7 +89,9 @@ async def retry_like_ui(
     return await client.set_flow_run_state(UUID(str(flow_run_id)), state, force=force)
 
 
-async def cancel_like_ui(client: PrefectClient, flow_run_id: UUID | str) -> OrchestrationResult[Any]:
+async def cancel_like_ui(
+    client: PrefectClient, flow_run_id: UUID | str
+) -> OrchestrationResult[Any]:
     """Do what the UI's Cancel button does: force a CANCELLING state named `Cancelling`."""
     state: State[Any] = State(type=StateType.CANCELLING, name="Cancelling")
     return await client.set_flow_run_state(UUID(str(flow_run_id)), state, force=True)

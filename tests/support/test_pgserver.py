@@ -15,7 +15,6 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from tests.support import pg_fixtures
 from tests.support.pg_fixtures import pg_unavailable, unique_database_name
 from tests.support.pgserver import (
     INSTALL_HINT,

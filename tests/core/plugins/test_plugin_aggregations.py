@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from elspeth_core.errors import ConfigError, PluginError
 from elspeth_core.plugins.aggregations import BatchReplicate, BatchStats
 
-MEMBERS = [
+MEMBERS: list[dict[str, Any]] = [
     {"region": "north", "amount": "10.5"},
     {"region": "south", "amount": 2},
     {"region": "north", "amount": None},
@@ -70,7 +72,7 @@ def test_batch_stats_options_and_modes() -> None:
 
 def test_batch_replicate_transform_mode() -> None:
     plugin = BatchReplicate({"copies_field": "n", "default_copies": 1, "include_copy_index": True})
-    rows = [{"id": "a", "n": "2"}, {"id": "b", "n": "x"}, {"id": "c", "n": 0}]
+    rows: list[dict[str, Any]] = [{"id": "a", "n": "2"}, {"id": "b", "n": "x"}, {"id": "c", "n": 0}]
     assert plugin.aggregate(rows, "transform") == [
         {"id": "a", "n": "2", "copy_index": 0},
         {"id": "a", "n": "2", "copy_index": 1},

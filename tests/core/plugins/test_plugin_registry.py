@@ -43,7 +43,7 @@ PROTOCOLS = {
     "aggregation": AggregationPlugin,
     "sink": SinkPlugin,
 }
-MINIMAL_OPTIONS = {
+MINIMAL_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("source", "csv"): {"path": "in.csv"},
     ("source", "json"): {"path": "in.json"},
     ("transform", "truncate"): {"max_length": 3},

@@ -9,7 +9,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,9 +21,10 @@ from elspeth_core.plugins.sinks import CsvSink, JsonSink
 
 RUN = "run-1"
 Sink = CsvSink | JsonSink
+S = TypeVar("S", CsvSink, JsonSink)
 
 
-def opened(sink: Sink, publication: Publication | None = None) -> Sink:
+def opened(sink: S, publication: Publication | None = None) -> S:
     sink.restore(publication, run_id=RUN)
     return sink
 
@@ -337,7 +338,7 @@ def crash(sink: Sink, rows: list[Row], data: st.DataObject) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(SINKS))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_exactly_once_across_crashes(kind: str, data: st.DataObject) -> None:
     make, rows_strategy, prefix = SINKS[kind]

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +35,7 @@ from tests.support.flow_runs import (
     wait_for,
     wait_for_flow_run,
     wait_for_worker_release,
+    worker_executions,
 )
 from tests.support.prefect_server import PrefectServer
 
@@ -71,7 +73,7 @@ async def start_hanging_run(label: str, marker_dir: Path, **params: Any) -> tupl
     return flow_run, attempt
 
 
-async def experiments(server: PrefectServer, project: Path) -> None:
+async def experiments(server: PrefectServer, project: Path, worker: subprocess.Popen) -> None:
     runs = server.home / "markers"
     async with get_client() as client:
         # a. deployments from prefect.yaml; the cron schedule produced scheduled runs.
@@ -120,9 +122,7 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             "--param",
             "chunks=4",
         )
-        flow_run_id = next(
-            line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line
-        )
+        flow_run_id = next(line.split()[-1] for line in out.stdout.splitlines() if "UUID" in line)
         report("a.cli_run", cli_seconds=round(time.monotonic() - began, 1), flow_run_id=flow_run_id)
         done = await wait_for_flow_run(
             client, flow_run_id, lambda r: r.state.is_final(), timeout=90
@@ -157,14 +157,22 @@ async def experiments(server: PrefectServer, project: Path) -> None:
         )
         report(
             "e.logs_default_level",
-            core=[(log.name, log.level, log.message, bool(log.task_run_id)) for log in logs if log.name.startswith("elspeth_core")],
+            core=[
+                (log.name, log.level, log.message, bool(log.task_run_id))
+                for log in logs
+                if log.name.startswith("elspeth_core")
+            ],
         )
 
         # e. the same with the package logger lowered to INFO inside the flow.
         marker_dir = runs / "info"
         flow_run = await run_deployment(
             "toy-crashable/on-demand",
-            parameters={"marker_dir": str(marker_dir), "hang_on_attempt": 0, "core_log_level": "INFO"},
+            parameters={
+                "marker_dir": str(marker_dir),
+                "hang_on_attempt": 0,
+                "core_log_level": "INFO",
+            },
             timeout=90,
         )
         logs = await wait_for(
@@ -175,30 +183,14 @@ async def experiments(server: PrefectServer, project: Path) -> None:
         )
         report(
             "e.logs_info_level",
-            core=[(log.name, log.level, log.message) for log in logs if log.name.startswith("elspeth_core")],
+            core=[
+                (log.name, log.level, log.message)
+                for log in logs
+                if log.name.startswith("elspeth_core")
+            ],
         )
 
-        # b + d. SIGKILL the flow-run process; retrying at once loses a race with the worker.
-        marker_dir = runs / "race"
-        flow_run, attempt = await start_hanging_run("race", marker_dir)
-        os.kill(attempt["pid"], signal.SIGKILL)
-        await wait_for_flow_run(client, flow_run.id, lambda r: r.state.is_crashed())
-        result = await retry_like_ui(client, flow_run.id)
-        final = await wait_for_flow_run(
-            client, flow_run.id, lambda r: r.state.is_final(), timeout=90
-        )
-        history = await client.read_flow_run_states(flow_run.id)
-        report(
-            "b.retry_too_early",
-            status=result.status.value,
-            state=final.state.name,
-            message=final.state.message,
-            run_count=final.run_count,
-            history=[s.name for s in history],
-            markers=sorted(markers(marker_dir)),
-        )
-        await wait_for_worker_release(client, flow_run.id, attempts=2)
-
+        # b + d. SIGKILL the flow-run process, wait for the worker, retry as the UI does.
         marker_dir = runs / "sigkill"
         flow_run, attempt = await start_hanging_run("sigkill", marker_dir)
         pids = server_flow_run_pids(flow_run.id)
@@ -217,9 +209,7 @@ async def experiments(server: PrefectServer, project: Path) -> None:
         report(
             "b.worker_released",
             seconds=round(time.monotonic() - killed_at, 2),
-            status_code=[
-                r.get("prefect.infrastructure.status-code") for r in events[0]["related"]
-            ],
+            status_code=[r.get("prefect.infrastructure.status-code") for r in events[0]["related"]],
             hooks=hooks(marker_dir, attempt),
         )
         retried_at = time.monotonic()
@@ -284,7 +274,12 @@ async def experiments(server: PrefectServer, project: Path) -> None:
         final = await wait_for_flow_run(
             client, flow_run.id, lambda r: r.state.is_final() and r.run_count > 1, timeout=90
         )
-        report("b.retry_failed", status=result.status.value, state=final.state.name, run_count=final.run_count)
+        report(
+            "b.retry_failed",
+            status=result.status.value,
+            state=final.state.name,
+            run_count=final.run_count,
+        )
 
         # d. cancel from the UI while the flow hangs.
         marker_dir = runs / "cancel"
@@ -302,7 +297,90 @@ async def experiments(server: PrefectServer, project: Path) -> None:
             message=final.state.message,
             hooks=hooks(marker_dir, attempt),
         )
-    report("ui", flow_run_url=f"{server.url}/v2/runs/flow-run/{flow_run_id}")
+        # b. Retrying at once after a SIGKILL races with the worker.
+        marker_dir = runs / "race"
+        flow_run, attempt = await start_hanging_run("race", marker_dir)
+        os.kill(attempt["pid"], signal.SIGKILL)
+        await wait_for_flow_run(client, flow_run.id, lambda r: r.state.is_crashed())
+        result = await retry_like_ui(client, flow_run.id)
+        timeline = []
+        began = time.monotonic()
+        while time.monotonic() - began < 120:
+            current = await client.read_flow_run(flow_run.id)
+            seen = (current.state.name, current.run_count)
+            if not timeline or timeline[-1][1:] != seen:
+                timeline.append((round(time.monotonic() - began, 1), *seen))
+            if len(await worker_executions(client, flow_run.id)) >= 2:
+                break
+            await asyncio.sleep(0.5)
+        history = await client.read_flow_run_states(flow_run.id)
+        report(
+            "b.retry_too_early",
+            status=result.status.value,
+            timeline=timeline,
+            history=[(s.name, (s.message or "")[:60]) for s in history],
+            markers=sorted(markers(marker_dir)),
+        )
+
+        # d. the worker and the flow-run process are SIGKILLed together (host failure).
+        marker_dir = runs / "host"
+        flow_run, attempt = await start_hanging_run("host", marker_dir)
+        worker.kill()
+        os.kill(attempt["pid"], signal.SIGKILL)
+        await asyncio.sleep(30)
+        stranded = await client.read_flow_run(flow_run.id)
+        report(
+            "d.worker_and_flow_killed",
+            state_after_30s=stranded.state.name,
+            hooks=hooks(marker_dir, attempt),
+        )
+    ui_experiment(server, flow_run_id, {a.key: a for a in artifacts})
+
+
+def ui_experiment(server: PrefectServer, flow_run_id: str, artifacts: dict[str, Any]) -> None:
+    """h. What headless Chromium sees of the flow-run and artifact pages."""
+    from tests.support.browser import chromium_path, render_dom, screenshot, visible_text
+
+    if chromium_path() is None:
+        report("h.ui", skipped="no chromium")
+        return
+    pages = {
+        "v2_flow_run": f"{server.url}/v2/runs/flow-run/{flow_run_id}",
+        "v2_flow_run_artifacts_tab": f"{server.url}/v2/runs/flow-run/{flow_run_id}?tab=Artifacts",
+        "v2_markdown_artifact": f"{server.url}/v2/artifacts/artifact/{artifacts['toy-summary'].id}",
+        "v2_table_artifact": f"{server.url}/v2/artifacts/artifact/{artifacts['toy-table'].id}",
+        "v1_flow_run": f"{server.url}/runs/flow-run/{flow_run_id}",
+    }
+    for name, url in pages.items():
+        began = time.monotonic()
+        text = visible_text(render_dom(url))
+        report(
+            "h.ui", page=name, url=url, seconds=round(time.monotonic() - began, 1), text=text[:600]
+        )
+    shot = screenshot(pages["v2_flow_run_artifacts_tab"], server.home.parent / "toy-flow-run.png")
+    report("h.screenshot", path=shot, bytes=shot.stat().st_size)
+
+
+def harness_experiment() -> None:
+    """f. prefect_test_harness start-up time, and a flow with tasks and artifacts inside it."""
+    import fastapi
+    from prefect.testing.utilities import prefect_test_harness
+
+    sys.path.insert(0, str(TOYFLOWS))
+    from toy_flows import crashable
+
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory() as marker_dir, prefect_test_harness():
+        started = time.monotonic() - began
+        result = crashable(marker_dir=marker_dir, label="harness", hang_on_attempt=0)
+        report(
+            "f.harness",
+            fastapi=fastapi.__version__,
+            startup_seconds=round(started, 1),
+            flow_seconds=round(time.monotonic() - began - started, 1),
+            rows=result["rows"],
+        )
+    report("f.harness_stopped", total_seconds=round(time.monotonic() - began, 1))
 
 
 def server_flow_run_pids(flow_run_id: Any) -> list[int]:
@@ -326,6 +404,7 @@ def hooks(marker_dir: Path, attempt: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def main() -> None:
+    harness_experiment()
     with tempfile.TemporaryDirectory(prefix="toy-project-") as tmp, PrefectServer() as server:
         report("server", startup_seconds=round(server.startup_seconds or 0, 1), api=server.api_url)
         project = Path(tmp) / "toyflows"
@@ -340,13 +419,13 @@ def main() -> None:
         report("a.pool", seconds=round(time.monotonic() - began, 1))
         began = time.monotonic()
         server.cli("deploy", "--all", cwd=project, extra_env=env)
-        report("a.deploy", seconds=round(time.monotonic() - began, 1), git=(project / ".git").exists())
-        server.start_worker(
-            POOL, cwd=project, extra_env={"PREFECT_LOGGING_EXTRA_LOGGERS": "elspeth_core"}
+        report(
+            "a.deploy", seconds=round(time.monotonic() - began, 1), git=(project / ".git").exists()
         )
+        worker = server.start_worker(POOL, cwd=project)
         try:
             with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
-                asyncio.run(experiments(server, project))
+                asyncio.run(experiments(server, project, worker))
         finally:
             print(server.log_tail(server.worker_log("worker-1"), lines=400), file=sys.stderr)
 

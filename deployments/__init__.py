@@ -1,0 +1,1 @@
+"""Operational helpers that prefect.yaml cannot express (demo, work-pool setup, local server)."""

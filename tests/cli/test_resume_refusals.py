@@ -1,0 +1,476 @@
+"""Every resume refusal of SPEC §4–§5, through the real ``elspeth`` CLI in a subprocess.
+
+Each refusal must exit 3, print the runbook's exact phrase as ONE ``Error:`` line followed by ONE
+``Hint:`` line on stderr (no traceback), and write nothing: the sink files' bytes, every other file
+of the work directory, the landscape's row counts and the runs' status/lease columns are
+snapshotted before and after the refused command and must be equal. Where it makes sense, the run
+is then resumed to completion to prove the refusal left it resumable, and its outputs are compared
+byte for byte with a crash-free run over the same input.
+
+Runs are crashed with ``ELSPETH_FAULT_INJECT=after_commit:5``: with ``checkpoint_interval: 100`` the
+fifth commit (the first one records the sinks' starting points) leaves 400 of the 2,000 rows read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import sqlite3
+import subprocess
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from examples.generate import generate
+from tests.support.cli import (
+    Result,
+    assert_landscape_invariants,
+    gate_pipeline,
+    popen_cli,
+    query,
+    run_cli,
+    run_ids,
+    sink_files,
+    write_settings,
+)
+
+ROWS = 2_000
+READ_AT_CRASH = 400
+CRASH = "after_commit:5"
+SEED = 5
+BAD_EVERY = 97
+
+LANDSCAPE_TABLES = (
+    "runs",
+    "run_attempts",
+    "nodes",
+    "edges",
+    "rows",
+    "tokens",
+    "token_parents",
+    "node_states",
+    "routing_events",
+    "token_outcomes",
+    "batches",
+    "batch_members",
+    "batch_outputs",
+    "artifacts",
+    "checkpoints",
+    "validation_errors",
+    "transform_errors",
+)
+RUN_COLUMNS = (
+    "run_id, status, completed_at, lease_owner, lease_expires_at, heartbeat_at, error, "
+    "superseded_by, source_rows_ingested, source_exhausted"
+)
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _url(db: Path) -> str:
+    return f"sqlite:///{db}"
+
+
+def _make_input(work: Path, rows: int = ROWS) -> Path:
+    path = work / "in.csv"
+    generate(str(path), rows, seed=SEED, bad_every=BAD_EVERY)
+    return path
+
+
+def _crash_run(work: Path, rows: int = ROWS, **overrides: Any) -> tuple[Path, str]:
+    """A gate + sinks run over ``rows`` generated rows, SIGKILLed after its fifth commit."""
+    work.mkdir(parents=True, exist_ok=True)
+    data = gate_pipeline(work, _make_input(work, rows), **overrides)
+    settings = write_settings(work / "settings.yaml", data)
+    result = run_cli("run", "-s", str(settings), "-x", cwd=work, env={"ELSPETH_FAULT_INJECT": CRASH})
+    assert result.code == -signal.SIGKILL, (result.code, result.stderr)
+    (run_id,) = run_ids(work / "audit.db")
+    return settings, run_id
+
+
+def _snapshot(work: Path, db: Path) -> dict[str, Any]:
+    """What a refused command must not change: files, table row counts, runs' status and lease."""
+    with closing(sqlite3.connect(db)) as conn:
+        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LANDSCAPE_TABLES}
+        runs = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id").fetchall()
+        attempts = conn.execute(
+            "SELECT run_id, attempt, status, lease_owner, ended_at FROM run_attempts "
+            "ORDER BY run_id, attempt"
+        ).fetchall()
+        checkpoints = conn.execute(
+            "SELECT checkpoint_id, sequence_number, row_id FROM checkpoints ORDER BY checkpoint_id"
+        ).fetchall()
+    other_files = {
+        str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(work.rglob("*"))
+        # The SQLite file itself may be checkpointed by any reader; its content is compared above.
+        if p.is_file() and not p.name.startswith(db.name)
+    }
+    return {
+        "sinks": sink_files(work),
+        "files": other_files,
+        "counts": counts,
+        "runs": runs,
+        "attempts": attempts,
+        "checkpoints": checkpoints,
+    }
+
+
+def _assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert after["sinks"].keys() == before["sinks"].keys()
+    for name, content in before["sinks"].items():
+        assert after["sinks"][name] == content, f"sink file {name} changed"
+    for key in ("files", "counts", "runs", "attempts", "checkpoints"):
+        assert after[key] == before[key], f"{key} changed by a refused command"
+
+
+def _assert_refused(result: Result, phrase: str) -> tuple[str, str]:
+    """Exit 3, one ``Error:`` line holding ``phrase``, one ``Hint:`` line, no traceback."""
+    assert result.code == 3, (result.code, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, f"expected a reason and a hint, got: {result.stderr!r}"
+    reason, hint = lines
+    assert reason.startswith("Error: "), reason
+    assert phrase in reason, f"{phrase!r} not in {reason!r}"
+    assert hint.startswith("Hint: ") and len(hint) > len("Hint: ") + 10, hint
+    return reason, hint
+
+
+def _assert_matches_reference(work: Path, run_id: str, reference: dict[str, bytes]) -> None:
+    files = sink_files(work)
+    assert files.keys() == reference.keys()
+    for name, content in reference.items():
+        assert files[name] == content, f"{name} differs from the crash-free run"
+    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+
+
+def _sqlite_copy(source: Path, target: Path) -> None:
+    """A consistent copy of a live SQLite landscape (WAL included) via the backup API."""
+    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
+        src.backup(dst)
+
+
+# --------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def completed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, bytes]]:
+    """A crash-free run over the same input: the reference outputs and a completed run."""
+    work = tmp_path_factory.mktemp("completed")
+    settings = write_settings(work / "settings.yaml", gate_pipeline(work, _make_input(work)))
+    result = run_cli("run", "-s", str(settings), "-x", cwd=work)
+    assert result.code == 0, result.stderr
+    (run_id,) = run_ids(work / "audit.db")
+    files = sink_files(work)
+    assert set(files) == {"normal.csv", "high.csv", "flagged.jsonl", "quarantine.jsonl"}
+    return work, run_id, files
+
+
+@pytest.fixture(scope="module")
+def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One crashed run shared by the tests that must not change it (they check that too)."""
+    work = tmp_path_factory.mktemp("crashed")
+    settings, run_id = _crash_run(work)
+    assert query(work / "audit.db", "SELECT count(*) FROM rows")[0][0] == READ_AT_CRASH
+    return work, settings, run_id
+
+
+# ------------------------------------------------------------------------------------------ tests
+def test_run_not_found(crashed: tuple[Path, Path, str]) -> None:
+    work, _settings, _run_id = crashed
+    db = work / "audit.db"
+    before = _snapshot(work, db)
+    result = run_cli("resume", "01NOSUCHRUN0000000000000000", "-d", _url(db), "-x", cwd=work)
+    reason, hint = _assert_refused(result, "Run not found")
+    assert "01NOSUCHRUN0000000000000000" in reason
+    assert "elspeth runs list" in hint
+    _assert_unchanged(before, _snapshot(work, db))
+
+
+def test_run_already_completed(completed: tuple[Path, str, dict[str, bytes]]) -> None:
+    work, run_id, _files = completed
+    db = work / "audit.db"
+    before = _snapshot(work, db)
+    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=work)
+    reason, _hint = _assert_refused(result, "Run already completed")
+    assert run_id in reason
+    _assert_unchanged(before, _snapshot(work, db))
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(crashed: tuple[Path, Path, str]) -> None:
+    work, _settings, run_id = crashed
+    db = work / "audit.db"
+    before = _snapshot(work, db)
+    text = run_cli("resume", run_id, "-d", _url(db), cwd=work)
+    assert text.code == 0, text.stderr
+    assert "Traceback" not in text.stderr
+    assert f"Run {run_id}" in text.stdout
+    assert "can be resumed" in text.stdout
+    assert f"rows recorded        {READ_AT_CRASH}" in text.stdout
+    assert f"elspeth resume {run_id} --execute" in text.stdout
+    as_json = run_cli("resume", run_id, "-d", _url(db), "--json", cwd=work)
+    assert as_json.code == 0, as_json.stderr
+    plan = json.loads(as_json.stdout)["resume_plan"]
+    assert plan["run_id"] == run_id
+    assert plan["rows_recorded"] == READ_AT_CRASH
+    assert plan["source_exhausted"] is False
+    assert plan["checkpoint_sequence"] >= 1
+    assert plan["checkpoint_row_id"] is not None
+    _assert_unchanged(before, _snapshot(work, db))
+
+
+def test_no_checkpoint_available(crashed: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """A crashed run whose landscape holds no checkpoint (here: removed from a copy)."""
+    work, _settings, run_id = crashed
+    db = tmp_path / "audit.db"
+    _sqlite_copy(work / "audit.db", db)
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
+    before_crashed = _snapshot(work, work / "audit.db")
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    _reason, hint = _assert_refused(result, "No checkpoint available")
+    assert "new run" in hint
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+    _assert_unchanged(before_crashed, _snapshot(work, work / "audit.db"))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: begin_run always records checkpoint 0, even with checkpoint.enabled false, so "
+    "a run without checkpoints is resumed instead of refused with 'No checkpoint available'",
+)
+def test_no_checkpoint_available_when_checkpointing_disabled(tmp_path: Path) -> None:
+    _settings, run_id = _crash_run(tmp_path, checkpoint={"enabled": False})
+    db = tmp_path / "audit.db"
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    _reason, hint = _assert_refused(result, "No checkpoint available")
+    assert "new run" in hint
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+
+
+def test_configuration_mismatch_names_the_difference_and_stays_resumable(
+    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
+) -> None:
+    settings, run_id = _crash_run(tmp_path)
+    db = tmp_path / "audit.db"
+    other = gate_pipeline(tmp_path, tmp_path / "in.csv")
+    other["row_plugins"][0]["options"]["mapping"] = {"status": "state", "note": "remark"}
+    other_path = write_settings(tmp_path / "other.yaml", other)
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", run_id, "-s", str(other_path), "-x", cwd=tmp_path)
+    reason, hint = _assert_refused(result, "Configuration mismatch")
+    assert run_id in reason
+    assert "row_plugins[0].options.mapping.note" in reason, reason
+    assert "--force-new" in hint
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+    resumed = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    assert run_ids(db) == [run_id]
+    _assert_matches_reference(tmp_path, run_id, completed[2])
+    assert settings.exists()
+
+
+def _rewrite_row(csv_path: Path, index: int) -> None:
+    """Change the ``note`` of data row ``index`` (0-based, after the header)."""
+    lines = csv_path.read_bytes().split(b"\n")
+    assert lines[index + 1].startswith(b"%d," % index)
+    lines[index + 1] = lines[index + 1].replace(b"row %d" % index, b"ROW %d" % index)
+    csv_path.write_bytes(b"\n".join(lines))
+
+
+def test_source_changed_when_a_read_row_differs(
+    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
+) -> None:
+    settings, run_id = _crash_run(tmp_path)
+    db = tmp_path / "audit.db"
+    source = tmp_path / "in.csv"
+    original = source.read_bytes()
+    _rewrite_row(source, 9)
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    reason, hint = _assert_refused(result, "Source changed")
+    assert "row 9 " in reason, reason
+    assert "--force-new" in hint
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+    # The refusal left the run resumable: with the original input back, it completes.
+    source.write_bytes(original)
+    resumed = run_cli("resume", run_id, "-s", str(settings), "-x", cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    _assert_matches_reference(tmp_path, run_id, completed[2])
+
+
+def test_source_changed_when_the_source_is_shorter_than_what_was_read(tmp_path: Path) -> None:
+    _settings, run_id = _crash_run(tmp_path)
+    db = tmp_path / "audit.db"
+    source = tmp_path / "in.csv"
+    lines = source.read_bytes().split(b"\n")
+    source.write_bytes(b"\n".join(lines[: 1 + 200]) + b"\n")  # header + 200 of the 400 read
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    reason, _hint = _assert_refused(result, "Source changed")
+    assert "200" in reason and str(READ_AT_CRASH) in reason, reason
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+
+
+# ---------------------------------------------------------------------- a run that is still alive
+def _process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def _write_lock_free(db: Path) -> bool:
+    with closing(sqlite3.connect(db, timeout=0.05, isolation_level=None)) as conn:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        conn.execute("ROLLBACK")
+        return True
+
+
+def _start_and_pause(work: Path, rows: int) -> tuple[subprocess.Popen[str], str]:
+    """Start a run in the background and freeze it (SIGSTOP) between two landscape commits.
+
+    A frozen process is still alive and its lease unexpired, exactly like a busy run; unlike a
+    busy run it writes nothing meanwhile, so a before/after snapshot can prove that the refused
+    command wrote nothing. It is frozen outside a transaction: every landscape transaction takes
+    SQLite's write lock (BEGIN IMMEDIATE), so a process frozen inside one would block the resume.
+    """
+    data = gate_pipeline(work, _make_input(work, rows))
+    settings = write_settings(work / "settings.yaml", data)
+    proc = popen_cli("run", "-s", str(settings), "-x", cwd=work)
+    db = work / "audit.db"
+    deadline = time.monotonic() + 60
+    while not run_ids(db):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the background run never appeared in the runs table"
+        time.sleep(0.02)
+    for _ in range(500):
+        proc.send_signal(signal.SIGSTOP)
+        while _process_state(proc.pid) != "T":
+            time.sleep(0.001)
+        if _write_lock_free(db):
+            break
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.005)
+    else:
+        raise AssertionError("could not pause the background run outside a transaction")
+    (run_id,) = run_ids(db)
+    assert query(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("running",)]
+    return proc, run_id
+
+
+def _kill(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+
+def test_run_already_in_progress_then_resumable_after_its_process_dies(tmp_path: Path) -> None:
+    rows = 5_000
+    proc, run_id = _start_and_pause(tmp_path, rows)
+    db = tmp_path / "audit.db"
+    try:
+        before = _snapshot(tmp_path, db)
+        result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+        reason, _hint = _assert_refused(result, "Run already in progress")
+        assert run_id in reason
+        assert f":{proc.pid}:" in reason, reason  # names the lease holder
+        _assert_unchanged(before, _snapshot(tmp_path, db))
+        assert proc.poll() is None
+    finally:
+        _kill(proc)
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    assert run_ids(db) == [run_id]
+    assert_landscape_invariants(db, run_id, rows)
+    files = sink_files(tmp_path)
+    lines = sum(content.count(b"\n") for content in files.values())
+    assert lines == rows + 2  # every row in exactly one sink, plus the two CSV headers
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: 'resume --force-new --execute' does not check the lease: on a live run it starts "
+    "a second run over the same sink files and marks the live run failed under its process",
+)
+def test_force_new_refuses_a_run_in_progress(tmp_path: Path) -> None:
+    proc, run_id = _start_and_pause(tmp_path, 5_000)
+    db = tmp_path / "audit.db"
+    try:
+        before = _snapshot(tmp_path, db)
+        result = run_cli("resume", run_id, "-d", _url(db), "--force-new", "-x", cwd=tmp_path)
+        _assert_refused(result, "Run already in progress")
+        _assert_unchanged(before, _snapshot(tmp_path, db))
+    finally:
+        _kill(proc)
+
+
+# ------------------------------------------------------------------ refusals that must not happen
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: the dry run ignores --settings, so it prints 'can be resumed' for settings that "
+    "'--execute' then refuses with 'Configuration mismatch'",
+)
+def test_dry_run_with_mismatching_settings_reports_the_mismatch(
+    crashed: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    work, _settings, run_id = crashed
+    other = gate_pipeline(work, work / "in.csv")
+    other["row_plugins"][0]["options"]["mapping"] = {"status": "state", "note": "remark"}
+    other_path = write_settings(tmp_path / "other.yaml", other)
+    before = _snapshot(work, work / "audit.db")
+    result = run_cli("resume", run_id, "-s", str(other_path), cwd=work)
+    _assert_unchanged(before, _snapshot(work, work / "audit.db"))
+    _assert_refused(result, "Configuration mismatch")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a missing SQLite landscape is created (empty file, parent directories) by "
+    "'resume' before it is reported missing",
+)
+def test_resume_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "audit.db"
+    result = run_cli("resume", "01NOSUCHRUN0000000000000000", "-d", _url(missing), "-x",
+                     cwd=tmp_path)
+    assert result.code != 0
+    assert "Traceback" not in result.stderr
+    assert "no landscape found" in result.stderr
+    assert not missing.exists()
+    assert not missing.parent.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: a crash between an aggregation's trigger commit and the next chunk commit "
+    "records one more row than runs.source_rows_ingested, and resume then fails for good with "
+    "'rows table and ingest position disagree' (exit 2)",
+)
+def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
+    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
+) -> None:
+    aggregation = {
+        "name": "window",
+        "plugin": "batch_replicate",
+        "trigger": {"count": 250},
+        "output_mode": "passthrough",
+        "options": {"default_copies": 1},
+    }
+    data = gate_pipeline(tmp_path, _make_input(tmp_path), aggregations=[aggregation])
+    settings = write_settings(tmp_path / "settings.yaml", data)
+    crashed_run = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
+                          env={"ELSPETH_FAULT_INJECT": "batch_executing:1"})
+    assert crashed_run.code == -signal.SIGKILL, crashed_run.stderr
+    (run_id,) = run_ids(tmp_path / "audit.db")
+    resumed = run_cli("resume", run_id, "-d", _url(tmp_path / "audit.db"), "-x", cwd=tmp_path)
+    assert resumed.code == 0, resumed.stderr
+    # A passthrough aggregation of one copy changes nothing: the outputs are the plain run's.
+    _assert_matches_reference(tmp_path, run_id, completed[2])
+
