@@ -95,7 +95,7 @@ class PayloadStore:
 
     def run_dirs(self) -> list[tuple[str, float, int]]:
         """(run_id, newest modification time, size in bytes) of every run folder."""
-        found = []
+        found: list[tuple[str, float, int]] = []
         if not self.base.exists():
             return found
         for folder in sorted(self.base.iterdir()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -58,7 +59,7 @@ def execute_run(loaded: LoadedSettings, as_json: bool) -> RunResult:
 
 
 def show_plan(loaded: LoadedSettings, graph: ExecutionGraph, as_json: bool) -> None:
-    plan = {
+    plan: dict[str, Any] = {
         "settings": str(loaded.path),
         "landscape": landscape_url(loaded),
         "source": graph.source.plugin_name,
