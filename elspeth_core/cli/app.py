@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from elspeth_core.cli import resume, run, runs, validate
+from elspeth_core.cli import db, explain, resume, run, runs, validate
 from elspeth_core.cli.common import setup_logging
 
 HELP = """ELSPETH: auditable, crash-safe data pipelines with row-level lineage.
@@ -18,7 +18,9 @@ app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_
 app.command("run")(run.run_command)
 app.command("resume")(resume.resume_command)
 app.command("validate")(validate.validate_command)
+app.command("explain")(explain.explain_command)
 app.add_typer(runs.app, name="runs")
+app.add_typer(db.app, name="db")
 app.add_typer(validate.plugins_app, name="plugins")
 
 

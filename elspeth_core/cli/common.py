@@ -46,10 +46,20 @@ def cli_errors() -> Iterator[None]:
     except ElspethError as exc:
         raise fail(exc.message, exc.hint, exc.exit_code) from None
     except KeyboardInterrupt:
-        raise fail("interrupted", "Resume the run with 'elspeth resume RUN_ID --execute'.", 130) from None
+        raise fail(
+            "interrupted", "Resume the run with 'elspeth resume RUN_ID --execute'.", 130
+        ) from None
     except Exception as exc:  # noqa: BLE001 - never a bare traceback for operators
         if os.environ.get("ELSPETH_DEBUG"):
             raise
+        if type(exc).__module__.startswith("sqlalchemy"):
+            reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+            raise fail(
+                f"landscape database error: {type(exc).__name__}: {reason}",
+                "Nothing after the last commit was recorded; when the database is back, run "
+                "'elspeth resume RUN_ID --execute'.",
+                EXIT_RUN_FAILED,
+            ) from None
         raise fail(
             f"internal error: {type(exc).__name__}: {exc}",
             "Set ELSPETH_DEBUG=1 for a traceback and report it.",
@@ -69,12 +79,26 @@ def _default(value: Any) -> Any:
     return str(value)
 
 
+class _OneLineFormatter(logging.Formatter):
+    """Log records as one line each: operators get reasons, not tracebacks (ELSPETH_DEBUG=1 does)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        if os.environ.get("ELSPETH_DEBUG"):
+            return super().format(record)
+        saved = record.exc_info, record.exc_text
+        if record.exc_info and record.exc_info[1] is not None:
+            record.msg = f"{record.msg} ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        record.exc_info, record.exc_text = None, None
+        try:
+            return super().format(record).splitlines()[0]
+        finally:
+            record.exc_info, record.exc_text = saved
+
+
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler])
 
 
 def guarded(func: Callable[..., T]) -> Callable[..., T]:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -24,6 +24,7 @@ from elspeth_core.landscape import migrations
 from elspeth_core.landscape.schema import metadata
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+SCHEMA_LOCK_KEY = 0x454C5350  # 'ELSP'
 
 
 class LandscapeDB:
@@ -49,6 +50,9 @@ class LandscapeDB:
 
     def _ensure_schema(self, create: bool) -> None:
         with self.engine.connect() as conn:
+            if self.dialect == "postgresql":
+                # Several processes may open an empty database at once: one creates the schema.
+                conn.execute(select(func.pg_advisory_xact_lock(SCHEMA_LOCK_KEY)))
             current = migrations.current_revision(conn)
             if current is None and not inspect(conn).has_table("runs"):
                 if not create:

@@ -25,6 +25,8 @@ from tests.support.cli import (
     run_cli,
     run_ids,
     sink_files,
+    url_invariants,
+    url_run_ids,
     write_settings,
 )
 
@@ -53,30 +55,43 @@ def reference(tmp_path_factory: pytest.TempPathFactory, input_csv: Path) -> dict
     return files
 
 
-def _resume_until_done(work: Path, settings: Path, crash_plans: list[str]) -> int:
+@pytest.fixture(params=["sqlite", "postgres"])
+def landscape(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The landscape URL: a SQLite file, or a fresh database on the throwaway PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'audit.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def _settings(work: Path, input_csv: Path, url: str) -> Path:
+    return write_settings(
+        work / "settings.yaml", gate_pipeline(work, input_csv, landscape={"url": url})
+    )
+
+
+def _resume_until_done(work: Path, url: str, settings: Path, crash_plans: list[str]) -> int:
     """Resume (with the given crash plans first, then cleanly) until exit 0; returns resumes."""
-    db = work / "audit.db"
     plans = list(crash_plans)
     for attempt in range(1, 30):
-        ids = run_ids(db)
+        ids = url_run_ids(url)
         env = {"ELSPETH_FAULT_INJECT": plans.pop(0)} if plans else {}
         if not ids:
             result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
         else:
-            result = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=work, env=env)
+            result = run_cli("resume", ids[0], "-d", url, "-x", cwd=work, env=env)
         if result.code == 0:
             return attempt
         assert result.code == -signal.SIGKILL, (result.code, result.stderr)
     raise AssertionError("run did not complete after 30 resumes")
 
 
-def _check(work: Path, reference: dict[str, bytes]) -> None:
+def _check(work: Path, reference: dict[str, bytes], url: str) -> None:
     files = sink_files(work)
     assert files.keys() == reference.keys()
     for name, content in reference.items():
         assert files[name] == content, f"{name} differs from the crash-free run"
-    (run_id,) = run_ids(work / "audit.db")
-    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+    (run_id,) = url_run_ids(url)
+    url_invariants(url, run_id, ROWS)
 
 
 @pytest.mark.parametrize(
@@ -92,36 +107,40 @@ def _check(work: Path, reference: dict[str, bytes]) -> None:
     ],
 )
 def test_named_crash_points(
-    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], first_crash: str,
+    tmp_path: Path,
+    input_csv: Path,
+    reference: dict[str, bytes],
+    first_crash: str,
     resume_crashes: list[str],
+    landscape: str,
 ) -> None:
-    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
-    first = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
-                    env={"ELSPETH_FAULT_INJECT": first_crash})
+    settings = _settings(tmp_path, input_csv, landscape)
+    first = run_cli(
+        "run", "-s", str(settings), "-x", cwd=tmp_path, env={"ELSPETH_FAULT_INJECT": first_crash}
+    )
     assert first.code == -signal.SIGKILL, first.stderr
-    resumes = _resume_until_done(tmp_path, settings, resume_crashes)
+    resumes = _resume_until_done(tmp_path, landscape, settings, resume_crashes)
     assert resumes == len(resume_crashes) + 1
-    _check(tmp_path, reference)
+    _check(tmp_path, reference, landscape)
     attempts = len(resume_crashes) + 2
-    (run_id,) = run_ids(tmp_path / "audit.db")
-    shown = run_cli("runs", "show", run_id, "-d", f"sqlite:///{tmp_path / 'audit.db'}", "--json",
-                    cwd=tmp_path)
+    (run_id,) = url_run_ids(landscape)
+    shown = run_cli("runs", "show", run_id, "-d", landscape, "--json", cwd=tmp_path)
     assert shown.code == 0
     assert f'"attempt": {attempts}' in shown.stdout
 
 
 def test_random_sigkill_instants(
-    tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], landscape: str
 ) -> None:
     """24 kills at seeded random instants, killing resumes too, then a final clean resume."""
     rng = random.Random(20261125)
-    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
-    db = tmp_path / "audit.db"
+    settings = _settings(tmp_path, input_csv, landscape)
     kills = 0
     while kills < 24:
-        ids = run_ids(db)
-        args = (["resume", ids[0], "-d", f"sqlite:///{db}", "-x"] if ids
-                else ["run", "-s", str(settings), "-x"])
+        ids = url_run_ids(landscape)
+        args = (
+            ["resume", ids[0], "-d", landscape, "-x"] if ids else ["run", "-s", str(settings), "-x"]
+        )
         proc = popen_cli(*args, cwd=tmp_path)
         delay = rng.uniform(0.6, 3.0)
         try:
@@ -134,25 +153,31 @@ def test_random_sigkill_instants(
             break  # finished before the kill: fine, the run is complete
         assert proc.returncode == -signal.SIGKILL
         kills += 1
-    ids = run_ids(db)
+    ids = url_run_ids(landscape)
     if ids and (tmp_path / "out").exists():
-        final = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=tmp_path)
+        final = run_cli("resume", ids[0], "-d", landscape, "-x", cwd=tmp_path)
         assert final.code in (0, 3), final.stderr
         if final.code == 3:
             assert "Run already completed" in final.stderr
     assert kills >= 20, f"only {kills} kills happened before the run completed"
-    _check(tmp_path, reference)
+    _check(tmp_path, reference, landscape)
 
 
 def test_concurrent_resumes_exactly_one_proceeds(
-    tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], landscape: str
 ) -> None:
-    settings = write_settings(tmp_path / "settings.yaml", gate_pipeline(tmp_path, input_csv))
-    first = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
-                    env={"ELSPETH_FAULT_INJECT": "after_commit:10"})
+    settings = _settings(tmp_path, input_csv, landscape)
+    first = run_cli(
+        "run",
+        "-s",
+        str(settings),
+        "-x",
+        cwd=tmp_path,
+        env={"ELSPETH_FAULT_INJECT": "after_commit:10"},
+    )
     assert first.code == -signal.SIGKILL
-    (run_id,) = run_ids(tmp_path / "audit.db")
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    (run_id,) = url_run_ids(landscape)
+    url = landscape
     a = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
     time.sleep(0.2)
     b = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
@@ -162,7 +187,7 @@ def test_concurrent_resumes_exactly_one_proceeds(
     assert codes == [0, 3], (codes, err_a, err_b)
     loser = err_a if a.returncode == 3 else err_b
     assert "Run already in progress" in loser
-    _check(tmp_path, reference)
+    _check(tmp_path, reference, landscape)
 
 
 def test_copy_of_crashed_workdir_resumes_identically(
@@ -172,12 +197,22 @@ def test_copy_of_crashed_workdir_resumes_identically(
     work = tmp_path / "a"
     work.mkdir()
     settings = write_settings(work / "settings.yaml", gate_pipeline(work, input_csv))
-    assert run_cli("run", "-s", str(settings), "-x", cwd=work,
-                   env={"ELSPETH_FAULT_INJECT": "after_sink_write:30"}).code == -signal.SIGKILL
+    assert (
+        run_cli(
+            "run",
+            "-s",
+            str(settings),
+            "-x",
+            cwd=work,
+            env={"ELSPETH_FAULT_INJECT": "after_sink_write:30"},
+        ).code
+        == -signal.SIGKILL
+    )
     (run_id,) = run_ids(work / "audit.db")
     plan = run_cli("resume", run_id, "-d", f"sqlite:///{work / 'audit.db'}", "--json", cwd=work)
     assert plan.code == 0, plan.stderr
     assert '"unprocessed_rows": 0' in plan.stdout
     shutil.copytree(work, tmp_path / "b")
-    assert _resume_until_done(work, settings, []) == 1
-    _check(work, reference)
+    url = f"sqlite:///{work / 'audit.db'}"
+    assert _resume_until_done(work, url, settings, []) == 1
+    _check(work, reference, url)

@@ -139,3 +139,48 @@ def assert_landscape_invariants(db: Path, run_id: str, source_rows: int) -> None
             AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.row_id = r.row_id)""",
     )[0][0]
     assert no_tokens == 0
+
+
+def url_query(url: str, sql: str, **params: object) -> list[tuple]:
+    """Run SQL against any landscape URL (SQLite or PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text(sql), params)]
+    except Exception as exc:  # noqa: BLE001 - no landscape yet reads as no rows
+        if "runs" in str(exc) and ("no such table" in str(exc) or "does not exist" in str(exc)):
+            return []
+        raise
+    finally:
+        engine.dispose()
+
+
+def url_run_ids(url: str) -> list[str]:
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return []
+    return [r[0] for r in url_query(url, "SELECT run_id FROM runs ORDER BY started_at")]
+
+
+def url_invariants(url: str, run_id: str, source_rows: int) -> None:
+    """SPEC §3 invariants after completion, on any backend."""
+    p = {"r": run_id}
+    assert url_query(url, "SELECT status FROM runs WHERE run_id = :r", **p) == [("completed",)]
+    assert url_query(url, "SELECT count(*) FROM rows WHERE run_id = :r", **p)[0][0] == source_rows
+    bad = url_query(
+        url,
+        """SELECT t.token_id FROM tokens t
+           LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal
+           WHERE t.run_id = :r GROUP BY t.token_id HAVING count(o.outcome_id) <> 1""",
+        **p,
+    )
+    assert bad == [], f"tokens without exactly one terminal outcome: {bad[:5]}"
+    assert url_query(url, "SELECT count(*) FROM checkpoints WHERE run_id = :r", **p)[0][0] == 0
+    orphans = url_query(
+        url,
+        """SELECT count(*) FROM rows r WHERE r.run_id = :r
+           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.row_id = r.row_id)""",
+        **p,
+    )
+    assert orphans[0][0] == 0

@@ -40,3 +40,22 @@ def _script():  # type: ignore[no-untyped-def]
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config())
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply the packaged migrations up to ``revision`` (``elspeth db upgrade``)."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def current(url: str) -> str | None:
+    """The revision a database is at, without any schema check (``elspeth db current``)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return current_revision(conn)
+    finally:
+        engine.dispose()
