@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from elspeth_core.cli import db, explain, resume, run, runs, validate
+from elspeth_core.cli import db, explain, export, health, purge, resume, run, runs, validate
 from elspeth_core.cli.common import setup_logging
 
 HELP = """ELSPETH: auditable, crash-safe data pipelines with row-level lineage.
@@ -19,6 +19,10 @@ app.command("run")(run.run_command)
 app.command("resume")(resume.resume_command)
 app.command("validate")(validate.validate_command)
 app.command("explain")(explain.explain_command)
+app.command("purge")(purge.purge_command)
+app.command("export")(export.export_command)
+app.command("verify")(export.verify_command)
+app.command("health")(health.health_command)
 app.add_typer(runs.app, name="runs")
 app.add_typer(db.app, name="db")
 app.add_typer(validate.plugins_app, name="plugins")

@@ -237,6 +237,8 @@ batches = Table(
     Column("error", Text, nullable=True),
     _ts("created_at"),
     _ts("completed_at", True),
+    # explain: the retries of a batch (attempt + 1 points back at the failed attempt)
+    Index("ix_batches_retry_of", "retry_of_batch_id"),
 )
 
 batch_members = Table(
@@ -256,6 +258,8 @@ batch_outputs = Table(
     Column("batch_id", ID, ForeignKey("batches.batch_id"), primary_key=True),
     Column("token_id", ID, primary_key=True),
     Column("ordinal", Integer, nullable=False),
+    # explain: which batch produced a token
+    Index("ix_batch_outputs_token", "token_id"),
 )
 
 artifacts = Table(
@@ -304,6 +308,8 @@ validation_errors = Table(
     Column("reason", Text, nullable=False),
     Column("destination", String(200), nullable=False),
     _ts("created_at"),
+    # explain: why a row was quarantined
+    Index("ix_validation_errors_row", "row_id"),
 )
 
 transform_errors = Table(
@@ -317,4 +323,6 @@ transform_errors = Table(
     Column("error_json", Text, nullable=False),
     Column("destination", String(200), nullable=False),
     _ts("created_at"),
+    # explain: a token's transform failures
+    Index("ix_transform_errors_token", "token_id"),
 )

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_baseline
 Revises: 
-Create Date: 2026-11-25 02:23:17.712939
+Create Date: 2026-11-25 02:49:50.965702
 """
 
 from alembic import op
@@ -48,6 +48,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('batch_id', name=op.f('pk_batches'))
     )
     with op.batch_alter_table('batches', schema=None) as batch_op:
+        batch_op.create_index('ix_batches_retry_of', ['retry_of_batch_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_batches_run_id'), ['run_id'], unique=False)
 
     op.create_table('checkpoints',
@@ -158,6 +159,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('transform_errors', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_transform_errors_run_id'), ['run_id'], unique=False)
+        batch_op.create_index('ix_transform_errors_token', ['token_id'], unique=False)
 
     op.create_table('validation_errors',
     sa.Column('error_id', sa.String(length=40), nullable=False),
@@ -173,6 +175,7 @@ def upgrade() -> None:
     sa.PrimaryKeyConstraint('error_id', name=op.f('pk_validation_errors'))
     )
     with op.batch_alter_table('validation_errors', schema=None) as batch_op:
+        batch_op.create_index('ix_validation_errors_row', ['row_id'], unique=False)
         batch_op.create_index(batch_op.f('ix_validation_errors_run_id'), ['run_id'], unique=False)
 
     op.create_table('batch_members',
@@ -194,6 +197,9 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['batch_id'], ['batches.batch_id'], name=op.f('fk_batch_outputs_batch_id_batches')),
     sa.PrimaryKeyConstraint('batch_id', 'token_id', name=op.f('pk_batch_outputs'))
     )
+    with op.batch_alter_table('batch_outputs', schema=None) as batch_op:
+        batch_op.create_index('ix_batch_outputs_token', ['token_id'], unique=False)
+
     op.create_table('edges',
     sa.Column('run_id', sa.String(length=40), nullable=False),
     sa.Column('edge_id', sa.String(length=200), nullable=False),
@@ -286,6 +292,9 @@ def downgrade() -> None:
     op.drop_table('rows')
     op.drop_table('nodes')
     op.drop_table('edges')
+    with op.batch_alter_table('batch_outputs', schema=None) as batch_op:
+        batch_op.drop_index('ix_batch_outputs_token')
+
     op.drop_table('batch_outputs')
     with op.batch_alter_table('batch_members', schema=None) as batch_op:
         batch_op.drop_index('ix_batch_members_token')
@@ -293,9 +302,11 @@ def downgrade() -> None:
     op.drop_table('batch_members')
     with op.batch_alter_table('validation_errors', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_validation_errors_run_id'))
+        batch_op.drop_index('ix_validation_errors_row')
 
     op.drop_table('validation_errors')
     with op.batch_alter_table('transform_errors', schema=None) as batch_op:
+        batch_op.drop_index('ix_transform_errors_token')
         batch_op.drop_index(batch_op.f('ix_transform_errors_run_id'))
 
     op.drop_table('transform_errors')
@@ -323,6 +334,7 @@ def downgrade() -> None:
     op.drop_table('checkpoints')
     with op.batch_alter_table('batches', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_batches_run_id'))
+        batch_op.drop_index('ix_batches_retry_of')
 
     op.drop_table('batches')
     op.drop_table('artifacts')

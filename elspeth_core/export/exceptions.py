@@ -1,0 +1,39 @@
+"""Errors of the audit export and its verification (all under ``ElspethError``)."""
+
+from __future__ import annotations
+
+from elspeth_core.errors import ElspethError
+
+
+class ExportError(ElspethError):
+    """An export could not be written or read (bad settings, missing key, unreadable file)."""
+
+    exit_code = 1
+
+
+class SigningKeyMissing(ExportError):
+    """Signing or verifying a signed export needs ``ELSPETH_SIGNING_KEY``."""
+
+
+class ExportTampered(ExportError):
+    """A verified export does not match its signatures.
+
+    Attributes:
+        index: position of the first record that fails (``None`` for the manifest).
+        table: that record's table, when it could be read.
+        record_id: that record's primary key, when it could be read.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        index: int | None,
+        table: str | None = None,
+        record_id: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint, index=index, table=table, record_id=record_id)
+        self.index = index
+        self.table = table
+        self.record_id = record_id
