@@ -115,8 +115,9 @@ class Orchestrator:
         flow_run_id: str | None = None,
     ) -> RunResult:
         """Resume a run under its own run ID: only unprocessed rows and incomplete batches."""
-        session = self.open_for_resume(resume_point.run_id, config, flow_run_id=flow_run_id,
-                                       graph=graph)
+        session = self.open_for_resume(
+            resume_point.run_id, config, flow_run_id=flow_run_id, graph=graph
+        )
         return self._drive_to_end(session)
 
     def _drive_to_end(self, session: RunSession) -> RunResult:
@@ -129,9 +130,7 @@ class Orchestrator:
             raise
 
     # ------------------------------------------------------------------ steps
-    def begin_run(
-        self, loaded: LoadedSettings, *, flow_run_id: str | None = None
-    ) -> RunSession:
+    def begin_run(self, loaded: LoadedSettings, *, flow_run_id: str | None = None) -> RunSession:
         """Record a new run (settings, graph, lease, checkpoint 0) and open its session."""
         settings = loaded.settings
         graph = build_graph(settings)
@@ -172,9 +171,11 @@ class Orchestrator:
         try:
             session.finish()
             outcomes = self.queries.outcome_counts(session.run_id)
+            retried = self._successors(session.run_id)
             failed_batches = [
-                b for b in self.recorder.get_batches(session.run_id, status="failed")
-                if not self._has_successor(session.run_id, b["batch_id"])
+                b
+                for b in self.recorder.get_batches(session.run_id, status="failed")
+                if b["batch_id"] not in retried
             ]
             failed = outcomes.get("failed", 0) + len(failed_batches)
             status = "failed" if failed else "completed"
@@ -184,7 +185,10 @@ class Orchestrator:
                 else None
             )
             self.recorder.finish_run(
-                session.run_id, owner=session.owner, status=status, error=error,
+                session.run_id,
+                owner=session.owner,
+                status=status,
+                error=error,
                 delete_checkpoints=status == "completed",
             )
         finally:
@@ -206,9 +210,15 @@ class Orchestrator:
         """A run stopped by an error or signal: mark it failed/interrupted (still resumable)."""
         try:
             if not isinstance(exc, LeaseLostError):
-                status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
-                self.recorder.mark_run(session.run_id, status, reason=f"{type(exc).__name__}: {exc}",
-                                       owner=session.owner)
+                status = (
+                    "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+                )
+                self.recorder.mark_run(
+                    session.run_id,
+                    status,
+                    reason=f"{type(exc).__name__}: {exc}",
+                    owner=session.owner,
+                )
         except Exception:  # noqa: BLE001 - the original error matters more
             log.exception("could not mark run %s after an error", session.run_id)
         finally:
@@ -249,7 +259,9 @@ class Orchestrator:
         return session
 
     # ------------------------------------------------------------------ resume
-    def settings_for_resume(self, run: dict[str, Any], given: LoadedSettings | None) -> LoadedSettings:
+    def settings_for_resume(
+        self, run: dict[str, Any], given: LoadedSettings | None
+    ) -> LoadedSettings:
         """The run's own settings, or ``given`` if (and only if) its configuration hash matches.
 
         Raises:
@@ -298,18 +310,29 @@ class Orchestrator:
         owner = make_owner()
         attempt = len(self.queries.attempts(run_id)) + 1
         session = RunSession(
-            run_id=run_id, settings=loaded.settings, graph=graph, recorder=self.recorder,
-            registry=self.registry, payloads=PayloadStore(loaded.settings.payload_store.base_path),
-            owner=owner, lease_seconds=self.lease_seconds, attempt=attempt,
-            progress=self.progress, clock=self.clock, faults=self.faults,
+            run_id=run_id,
+            settings=loaded.settings,
+            graph=graph,
+            recorder=self.recorder,
+            registry=self.registry,
+            payloads=PayloadStore(loaded.settings.payload_store.base_path),
+            owner=owner,
+            lease_seconds=self.lease_seconds,
+            attempt=attempt,
+            progress=self.progress,
+            clock=self.clock,
+            faults=self.faults,
             config_hash=run["config_hash"],
         )
         try:
             self._verify_source(session, run)
             attempt = self.recorder.acquire_lease(
-                run_id, owner=owner, lease_seconds=self.lease_seconds,
+                run_id,
+                owner=owner,
+                lease_seconds=self.lease_seconds,
                 dead_owner=run["lease_owner"] if owner_is_dead(run["lease_owner"]) else None,
-                kind="resume", flow_run_id=flow_run_id,
+                kind="resume",
+                flow_run_id=flow_run_id,
             )
         except BaseException:
             session.close()
@@ -338,14 +361,20 @@ class Orchestrator:
             raise SourceChanged(session.run_id, f"the source now has more than {recorded} rows")
 
     def _restore(self, session: RunSession, point: ResumePoint) -> None:
+        """Rebuild a session from the landscape: sinks, open batches, joins, then run retries.
+
+        Batches (SPEC §4 rule 4): ``executing`` ones are marked ``failed`` (their process died
+        mid-aggregation) and every ``failed`` batch without a retry yet gets one (attempt + 1,
+        same members in the same order); retries run first, in pipeline order. ``draft`` batches
+        are restored with their members and elapsed trigger age and keep buffering.
+        """
         run_id = session.run_id
         session.sequence = point.sequence_number
-        session.source_exhausted = bool(self.queries.get_run(run_id)["source_exhausted"])
+        session.source_exhausted = bool((self.queries.get_run(run_id) or {})["source_exhausted"])
         session._committed_position = (session.rows_ingested, session.source_exhausted)
         retries = self._retry_batches(session)
         session.restore_sinks(self.queries.publications(run_id))
-        drafts = [b for b in self.recorder.get_incomplete_batches(run_id) if b["status"] == "draft"
-                  and b["batch_id"] not in retries]
+        drafts = self._open_drafts(run_id)
         members = {b["batch_id"]: self._members(session, b["batch_id"]) for b in drafts}
         saved = point.aggregation_state.get("aggregations", {})
         state = {
@@ -359,25 +388,82 @@ class Orchestrator:
             "joins": point.aggregation_state.get("joins", {}),
         }
         session.restore_state(state, members)
-        self._check_work_accounted(session, retries)
-        for batch_id in retries:
-            self._run_retry(session, batch_id)
+        retry_members = {b["batch_id"]: self._members(session, b["batch_id"]) for b in retries}
+        self._check_work_accounted(session, retry_members)
+        for batch in retries:
+            session.enqueue_batch(
+                batch["aggregation_node_id"], batch["batch_id"], retry_members[batch["batch_id"]]
+            )
+        session.run_closed_batches()
 
-    def _has_successor(self, run_id: str, batch_id: str) -> bool:
-        return any(b.get("retry_of_batch_id") == batch_id for b in self.recorder.get_batches(run_id))
+    def _open_drafts(self, run_id: str) -> list[dict[str, Any]]:
+        """Draft batches still buffering (not retries), at most one per aggregation."""
+        drafts = [
+            b
+            for b in self.recorder.get_incomplete_batches(run_id)
+            if b["status"] == "draft" and not b.get("retry_of_batch_id")
+        ]
+        nodes = [b["aggregation_node_id"] for b in drafts]
+        if len(set(nodes)) != len(nodes):
+            raise LandscapeError(
+                f"run {run_id}: an aggregation has more than one open draft batch",
+                hint="The landscape is inconsistent; start a fresh run with --force-new.",
+            )
+        return drafts
 
-    def _retry_batches(self, session: RunSession) -> list[str]:
-        """Executing → failed; failed (without a retry yet) → retried as attempt + 1 drafts."""
+    def _retry_batches(self, session: RunSession) -> list[dict[str, Any]]:
+        """Executing → failed; failed (without a retry yet) → retried; the retries, in run order.
+
+        Each step is its own transaction and is idempotent, so a crash anywhere in here (or in
+        the retry's execution) leaves a run that the next resume continues: a failed batch that
+        has no retry gets one; a retry that is still a draft is run; a retry that was executing
+        fails and is retried again (attempt + 2).
+        """
         run_id = session.run_id
         with self.db.begin() as conn:
             self.recorder.fail_executing_batches(run_id, conn, "process died while executing")
-        retries = []
-        for batch in self.recorder.get_incomplete_batches(run_id):
-            if batch["status"] == "failed" and not self._has_successor(run_id, batch["batch_id"]):
-                retries.append(self.recorder.retry_batch(batch["batch_id"]))
-        return retries
+        batches = self.recorder.get_batches(run_id)
+        retried = {b["retry_of_batch_id"] for b in batches if b.get("retry_of_batch_id")}
+        nonterminal = {t["token_id"] for t in self.queries.nonterminal_tokens(run_id)}
+        for batch in batches:
+            if (
+                batch["status"] == "failed"
+                and batch["batch_id"] not in retried
+                and self._retryable(session, batch, nonterminal)
+            ):
+                self.recorder.retry_batch(batch["batch_id"])
+        pending = [
+            b
+            for b in self.recorder.get_incomplete_batches(run_id)
+            if b["status"] == "draft" and b.get("retry_of_batch_id")
+        ]
+        order = session.aggregation_order()
+        return sorted(
+            pending, key=lambda b: (order[b["aggregation_node_id"]], b["created_at"], b["batch_id"])
+        )
+
+    def _retryable(self, session: RunSession, batch: dict[str, Any], nonterminal: set[str]) -> bool:
+        """A failed batch can be retried unless its members' failure is already final.
+
+        A passthrough batch whose aggregation raised recorded ``failed`` for every member (no token
+        is left buffered forever); emitting those members again would give them a second terminal
+        outcome, so such a batch stays failed. Members of ``single``/``transform`` batches were
+        consumed when buffered; their batch is retried.
+        """
+        if session.output_mode(batch["aggregation_node_id"]) != "passthrough":
+            return True
+        members = self.recorder.get_batch_members(batch["batch_id"])
+        return any(m["token_id"] in nonterminal for m in members)
+
+    def _successors(self, run_id: str) -> set[str]:
+        return {
+            b["retry_of_batch_id"]
+            for b in self.recorder.get_batches(run_id)
+            if b.get("retry_of_batch_id")
+        }
 
     def _members(self, session: RunSession, batch_id: str) -> list[Token]:
+        """A recorded batch's member tokens in ordinal order, with their data at buffer time."""
         rows = self.queries.batch_members_with_data(batch_id)
         owners = self.queries.token_rows([m["token_id"] for m in rows])
         index_of = self.queries.row_indexes(list(set(owners.values())))
@@ -390,33 +476,23 @@ class Orchestrator:
                     hint="The batch cannot be retried; start a fresh run with --force-new.",
                 )
             row_id = owners[member["token_id"]]
-            tokens.append(Token(member["token_id"], row_id, index_of[row_id], data,
-                                member["data_hash"]))
+            tokens.append(
+                Token(member["token_id"], row_id, index_of[row_id], data, member["data_hash"])
+            )
         return tokens
 
-    def _run_retry(self, session: RunSession, batch_id: str) -> None:
-        batch = self.recorder.get_batch(batch_id) or {}
-        index = next(i for i, (node, _p, _c) in enumerate(session.aggregations)
-                     if node.node_id == batch["aggregation_node_id"])
-        members = self._members(session, batch_id)
-        session.records.batch_updates.append(
-            {"batch_id": batch_id, "status": "executing"}
-        )
-        session.commit(checkpoint=False)
-        self.faults.hit("batch_executing")
-        session.execute_batch(index, batch_id, members)
-        self.faults.hit("after_flush")
-        session.commit()
-
-    def _check_work_accounted(self, session: RunSession, retries: list[str]) -> None:
+    def _check_work_accounted(
+        self, session: RunSession, retry_members: dict[str, list[Token]]
+    ) -> None:
         """Every non-terminal token must be held by a batch or a join we restored."""
         held = {m.token_id for b in session.buffers.values() for m in b.members}
-        for batch_id in retries:
-            held.update(m["token_id"] for m in self.queries.batch_members_with_data(batch_id))
+        for members in retry_members.values():
+            held.update(m.token_id for m in members)
         for join in session.pending_joins.values():
-            held.update(t.token_id for t in join["arrived"].values())
-        loose = [t for t in self.queries.nonterminal_tokens(session.run_id)
-                 if t["token_id"] not in held]
+            held.update(t.token_id for t in join.arrived.values())
+        loose = [
+            t for t in self.queries.nonterminal_tokens(session.run_id) if t["token_id"] not in held
+        ]
         if loose:
             raise LandscapeError(
                 f"run {session.run_id}: {len(loose)} token(s) without a terminal outcome are not "
@@ -432,11 +508,13 @@ class Orchestrator:
 
             raise RunNotFound(run_id)
         if config is None:
-            config = load_settings_from_dict(json.loads(run["settings_json"]),
-                                             source_name=f"run {run_id}")
+            config = load_settings_from_dict(
+                json.loads(run["settings_json"]), source_name=f"run {run_id}"
+            )
         session = self.begin_run(config)
-        self.recorder.mark_run(run_id, "failed", reason=f"superseded by run {session.run_id} "
-                               "(--force-new)")
+        self.recorder.mark_run(
+            run_id, "failed", reason=f"superseded by run {session.run_id} (--force-new)"
+        )
         self.recorder.set_superseded(run_id, session.run_id)
         return self._drive_to_end(session)
 

@@ -12,7 +12,22 @@ forks and coalesces to the sinks, and collects every audit record of the current
 A crash before (3) leaves sink bytes the landscape does not vouch for: resume cuts them off. A crash
 after (3) loses nothing. So outcome ``completed`` is never recorded before its sink write is durable,
 and no sink write is ever repeated. The session holds no state that is not derivable from the
-landscape at a commit boundary: a new process restores it with ``restore()``.
+landscape at a commit boundary: a new process restores it with ``restore_state()``.
+
+Commits happen only at *quiescent points* — between source rows, and around batch executions —
+never in the middle of driving one row or one batch's outputs (a row that expands into ten tokens
+commits all ten or none). Aggregation batches therefore run in two steps:
+
+- when a trigger fires, the batch is *closed*: its ``executing`` status is recorded with its last
+  member and it is queued (no commit yet, the row may still be producing tokens);
+- at the next quiescent point each queued batch runs: one commit makes its members and its
+  ``executing`` status durable, then the aggregation runs and its outputs are driven downstream
+  (records only — batches closed meanwhile are queued behind it), then one commit records the
+  batch's completion, its outputs' downstream records and the sinks' publications together.
+
+A crash after the first commit leaves an ``executing`` batch, which resume marks ``failed`` and
+retries (attempt + 1, same members in the same order); a crash before it leaves nothing of the
+batch's execution, and its members are restored from the landscape as an open draft.
 """
 
 from __future__ import annotations
@@ -22,20 +37,34 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from elspeth_core.dag import ExecutionGraph, Node
+from elspeth_core.engine.aggregation import (
+    ClosedBatch,
+    OpenBatch,
+    check_output_count,
+    fired_trigger,
+    parse_condition,
+)
+from elspeth_core.engine.coalesce import (
+    PendingJoin,
+    can_merge_incomplete,
+    join_ready,
+    merged_data,
+    ordered_arrivals,
+)
 from elspeth_core.engine.expressions import Expression
 from elspeth_core.engine.faults import FaultInjector
 from elspeth_core.engine.progress import NullProgress, Progress
 from elspeth_core.engine.tokens import Token
-from elspeth_core.errors import ElspethError, PluginError, SourceChanged, TransientError
-from elspeth_core.hashing import CANONICAL_VERSION, stable_hash
+from elspeth_core.errors import ElspethError, SourceChanged, TransientError
+from elspeth_core.hashing import stable_hash
 from elspeth_core.ids import new_id
-from elspeth_core.landscape.records import ChunkRecords
 from elspeth_core.landscape.recorder import LandscapeRecorder, dumps, new_batch_record
+from elspeth_core.landscape.records import ChunkRecords
 from elspeth_core.payloads import PayloadStore
 from elspeth_core.plugins.protocols import BadRow, Publication, TransformResult
 from elspeth_core.plugins.registry import PluginRegistry
@@ -56,19 +85,6 @@ class Clock:
 
     def monotonic(self) -> float:
         return time.monotonic()
-
-
-@dataclass
-class AggBuffer:
-    """An aggregation's open (draft) batch: members in ordinal order and its trigger state."""
-
-    node: Node
-    batch_id: str
-    members: list[Token] = field(default_factory=list)
-    opened_at: float = 0.0  # monotonic, this process only; persisted as elapsed age
-
-    def age(self, clock: Clock) -> float:
-        return max(0.0, clock.monotonic() - self.opened_at)
 
 
 @dataclass
@@ -130,8 +146,11 @@ class RunSession:
         self._last_token_id: str | None = None
         self._source_iter: Iterator[Any] | None = None
         self._build_plugins(registry)
-        self.buffers: dict[str, AggBuffer] = {}
-        self.pending_joins: dict[str, dict[str, Any]] = {}
+        self.buffers: dict[str, OpenBatch] = {}
+        self._closed: list[ClosedBatch] = []
+        self._running_batches = False
+        self.pending_joins: dict[str, PendingJoin] = {}
+        self._restored: dict[str, dict[str, Any]] = {}
         self._sink_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in graph.sinks}
         self._sink_counts: dict[str, int] = {name: 0 for name in graph.sinks}
         self._published: set[str] = set()
@@ -153,15 +172,14 @@ class RunSession:
         self.aggregations = []
         for node in g.aggregations:
             plugin = registry.create("aggregation", node.plugin_name, node.options["options"])
-            trigger = node.settings.trigger
-            condition = (
-                Expression.parse(
-                    trigger.condition, names=frozenset({"row", "batch_count", "batch_age_seconds"})
-                )
-                if trigger.condition
-                else None
-            )
+            condition = parse_condition(node.settings.trigger.condition)
             self.aggregations.append((node, plugin, condition))
+        self._aggregation_index = {
+            node.node_id: i for i, (node, _p, _c) in enumerate(self.aggregations)
+        }
+        self._has_timeouts = any(
+            node.settings.trigger.timeout_seconds is not None for node, _p, _c in self.aggregations
+        )
         self.gates = [(node, Expression.parse(node.settings.condition)) for node in g.gates]
         self.sinks = {
             name: registry.create("sink", node.plugin_name, node.options)
@@ -178,12 +196,18 @@ class RunSession:
 
     # ------------------------------------------------------------------ sinks
     def restore_sinks(self, publications: dict[str, dict[str, Any]]) -> None:
-        """Cut every sink back to its last committed publication (or start it afresh)."""
+        """Cut every sink back to its last committed publication (or start it afresh).
+
+        A sink that was finished (a run that ended ``failed``, or died after its final commit) is
+        reopened at its state just before ``finish``: the resumed run may publish more rows (a
+        retried batch) and finishes the output again at its end, byte for byte as before.
+        """
         for name, sink in self.sinks.items():
             found = publications.get(name)
             pub = None
             if found is not None:
                 data = found["publication"]
+                data = data.get("before_finish") or data
                 pub = Publication(data["uri"], data["rows"], data["size_bytes"], data["state"])
                 self._sink_counts[name] = pub.rows
                 self._published.add(name)
@@ -245,10 +269,13 @@ class RunSession:
                 break
             self.faults.hit("source_read")
             self._ingest(raw, self.rows_ingested)
-            self.rows_ingested += 1
             done += 1
             self._rows_since_commit += 1
-            if self._commit_due():
+            if self._has_timeouts:
+                self._close_timed_out()
+            if self._closed:
+                self.run_closed_batches()  # a batch boundary: commits on its own
+            elif self._commit_due():
                 self.commit()
         self.commit()
         return done
@@ -283,6 +310,9 @@ class RunSession:
                 "created_at": now(),
             }
         )
+        # The ingest position moves with the row record: any commit from here on (a batch run
+        # triggered by this row) records both, so ``rows`` and the position never disagree.
+        self.rows_ingested = index + 1
         self._last_row_id = row_id
         self.stats.rows += 1
         if isinstance(raw, BadRow):
@@ -407,8 +437,15 @@ class RunSession:
         if result is None:
             return False
         if result.error is not None:
-            self._state(token, node, position, attempt=attempt, status="failed", started=started,
-                        error={"reason": result.error})
+            self._state(
+                token,
+                node,
+                position,
+                attempt=attempt,
+                status="failed",
+                started=started,
+                error={"reason": result.error},
+            )
             self._row_error(token, node, result.error, on_error)
             return False
         if result.rows is not None:
@@ -418,8 +455,15 @@ class RunSession:
         assert result.row is not None
         input_hash = token.digest()
         token.replace_data(result.row)
-        self._state(token, node, position, attempt=attempt, started=started,
-                    input_hash=input_hash, output_hash=token.digest())
+        self._state(
+            token,
+            node,
+            position,
+            attempt=attempt,
+            started=started,
+            input_hash=input_hash,
+            output_hash=token.digest(),
+        )
         return True
 
     def _call_with_retry(
@@ -433,11 +477,19 @@ class RunSession:
                 return call(token.data), attempt, started
             except (TransientError, OSError, TimeoutError) as exc:
                 error = {"type": type(exc).__name__, "reason": str(exc), "transient": True}
-                self._state(token, node, position, attempt=attempt, status="failed",
-                            started=started, error=error)
+                self._state(
+                    token,
+                    node,
+                    position,
+                    attempt=attempt,
+                    status="failed",
+                    started=started,
+                    error=error,
+                )
                 if attempt >= policy.max_attempts:
-                    self._row_error(token, node, f"{exc} (after {attempt} attempts)",
-                                    self._on_error_of(node))
+                    self._row_error(
+                        token, node, f"{exc} (after {attempt} attempts)", self._on_error_of(node)
+                    )
                     return None, attempt, started
                 delay = min(
                     policy.initial_delay_seconds * policy.exponential_base ** (attempt - 1),
@@ -447,10 +499,18 @@ class RunSession:
                 attempt += 1
             except Exception as exc:  # noqa: BLE001 - a plugin bug fails the row, recorded
                 error = {"type": type(exc).__name__, "reason": str(exc), "transient": False}
-                self._state(token, node, position, attempt=attempt, status="failed",
-                            started=started, error=error)
-                self._row_error(token, node, f"{type(exc).__name__}: {exc}",
-                                self._on_error_of(node))
+                self._state(
+                    token,
+                    node,
+                    position,
+                    attempt=attempt,
+                    status="failed",
+                    started=started,
+                    error=error,
+                )
+                self._row_error(
+                    token, node, f"{type(exc).__name__}: {exc}", self._on_error_of(node)
+                )
                 return None, attempt, started
 
     def _on_error_of(self, node: Node) -> str | None:
@@ -485,8 +545,15 @@ class RunSession:
         group = new_id()
         self._outcome(parent, "expanded", expand_group_id=group)
         for data in rows:
-            child = self._new_token(parent.row_id, parent.row_index, data, None, parents=[parent],
-                                    expand_group_id=group, step_index=position + 1)
+            child = self._new_token(
+                parent.row_id,
+                parent.row_index,
+                data,
+                None,
+                parents=[parent],
+                expand_group_id=group,
+                step_index=position + 1,
+            )
             self._drive(child, position + 1)
 
     def _gate(self, token: Token, index: int, position: int) -> bool:
@@ -495,16 +562,18 @@ class RunSession:
         try:
             result = expression.evaluate({"row": token.data})
         except ElspethError as exc:
-            self._state(token, node, position, status="failed", started=started,
-                        error={"reason": str(exc)})
+            self._state(
+                token, node, position, status="failed", started=started, error={"reason": str(exc)}
+            )
             self._row_error(token, node, str(exc), None)
             return False
         label = ("true" if result else "false") if isinstance(result, bool) else str(result)
         dest = node.settings.routes.get(label)
         if dest is None:
             reason = f"gate '{node.name}': no route for result {label!r}"
-            self._state(token, node, position, status="failed", started=started,
-                        error={"reason": reason})
+            self._state(
+                token, node, position, status="failed", started=started, error={"reason": reason}
+            )
             self._row_error(token, node, reason, None)
             return False
         state_id = self._state(token, node, position, started=started, output_hash=token.digest())
@@ -542,158 +611,177 @@ class RunSession:
     def _fork(self, parent: Token, node: Node, position: int) -> None:
         group = new_id()
         self._outcome(parent, "forked", fork_group_id=group)
+        joins: set[str] = set()
         for branch in node.settings.fork_to:
             child = self._new_token(
-                parent.row_id, parent.row_index, copy.deepcopy(parent.data), parent.data_hash,
-                parents=[parent], branch=branch, fork_group_id=group, step_index=position + 1,
+                parent.row_id,
+                parent.row_index,
+                copy.deepcopy(parent.data),
+                parent.data_hash,
+                parents=[parent],
+                branch=branch,
+                fork_group_id=group,
+                step_index=position + 1,
             )
-            child.fork_group_id = group
             kind, name = self.graph.branch_destination(branch)
             if kind == "coalesce":
-                self._arrive(child, name)
+                joins.add(self._arrive(child, name))
             else:
-                self._to_sink(child, name, "completed" if name == self.graph.output_sink else "routed")
+                self._to_sink(
+                    child, name, "completed" if name == self.graph.output_sink else "routed"
+                )
+        # Every child of this fork has arrived: a merged join can take no more late arrivals, so
+        # it need not be carried in checkpoints any longer.
+        for key in joins:
+            join = self.pending_joins.get(key)
+            if join is not None and join.merged:
+                del self.pending_joins[key]
 
-    def _arrive(self, token: Token, coalesce: str) -> None:
+    def _arrive(self, token: Token, coalesce: str) -> str:
+        """Record a branch token's arrival at a coalesce; merge when the policy allows."""
         node = self.graph.coalesces[coalesce]
         key = f"{coalesce}:{token.fork_group_id}"
         self._state(token, node, len(self.steps), started=time.perf_counter())
-        join = self.pending_joins.setdefault(
-            key, {"coalesce": coalesce, "arrived": {}, "merged": False, "opened": self.clock.monotonic()}
-        )
-        if join["merged"]:
+        join = self.pending_joins.get(key)
+        if join is None:
+            join = self.pending_joins[key] = PendingJoin(coalesce, self.clock.monotonic())
+        if join.merged:
             self._outcome(token, "coalesced", reason="late arrival: this join already merged")
-            return
-        join["arrived"][token.branch] = token
-        if self._join_ready(node, join):
+            return key
+        join.arrived[token.branch or ""] = token
+        if join_ready(node.settings, join):
             self._merge(node, key, join)
+        return key
 
-    @staticmethod
-    def _join_ready(node: Node, join: dict[str, Any]) -> bool:
+    def _merge(self, node: Node, key: str, join: PendingJoin) -> None:
         cfg = node.settings
-        count = len(join["arrived"])
-        if cfg.policy == "first":
-            return count >= 1
-        if cfg.policy == "quorum":
-            return count >= (cfg.quorum_count or len(cfg.branches))
-        return count >= len(cfg.branches)
-
-    def _merge(self, node: Node, key: str, join: dict[str, Any]) -> None:
-        cfg = node.settings
-        arrived: dict[str, Token] = join["arrived"]
-        ordered = [arrived[b] for b in cfg.branches if b in arrived]
-        if cfg.merge == "nested":
-            data: dict[str, Any] = {t.branch or "": t.data for t in ordered}
-        elif cfg.merge == "select":
-            chosen = arrived.get(cfg.select_branch) or ordered[0]
-            data = dict(chosen.data)
-        else:
-            data = {}
-            for t in ordered:
-                data.update(t.data)
+        ordered = ordered_arrivals(cfg, join)
         group = new_id()
-        for t in ordered:
-            self._outcome(t, "coalesced", join_group_id=group)
+        for token in ordered:
+            self._outcome(token, "coalesced", join_group_id=group)
         first = ordered[0]
-        merged = self._new_token(first.row_id, first.row_index, data, None, parents=ordered,
-                                 join_group_id=group, step_index=len(self.steps) + 1)
-        join["merged"] = True
-        join["arrived"] = {}
+        merged = self._new_token(
+            first.row_id,
+            first.row_index,
+            merged_data(cfg, ordered),
+            None,
+            parents=ordered,
+            join_group_id=group,
+            step_index=len(self.steps) + 1,
+        )
+        join.merged = True
+        join.arrived = {}
         if len(ordered) >= len(cfg.branches):
             self.pending_joins.pop(key, None)
         self._to_sink(merged, self.graph.output_sink, "completed")
 
     def _close_joins(self) -> None:
-        """End of source: merge or fail every join still waiting."""
+        """End of source: merge (policy permitting) or fail every join still waiting."""
         for key, join in list(self.pending_joins.items()):
-            node = self.graph.coalesces[join["coalesce"]]
-            arrived = join["arrived"]
-            if arrived and node.settings.policy in ("best_effort", "quorum", "first") and (
-                node.settings.policy == "best_effort" or self._join_ready(node, join)
-            ):
+            node = self.graph.coalesces[join.coalesce]
+            if can_merge_incomplete(node.settings, join):
                 self._merge(node, key, join)
             else:
-                for token in arrived.values():
+                for token in join.arrived.values():
                     self.stats.failed += 1
-                    self._outcome(token, "failed",
-                                  reason=f"coalesce '{node.name}' incomplete at end of source")
+                    self._outcome(
+                        token,
+                        "failed",
+                        reason=f"coalesce '{node.name}' incomplete at end of source",
+                    )
             self.pending_joins.pop(key, None)
 
     # ------------------------------------------------------------------ aggregations
     def _buffer(self, token: Token, index: int, position: int) -> None:
+        """Add a token to its aggregation's open batch (recorded), closing the batch on a trigger."""
         node, _plugin, condition = self.aggregations[index]
-        buffer = self.buffers.get(node.node_id)
-        if buffer is None:
-            buffer = self._open_batch(node)
-        ordinal = len(buffer.members)
-        buffer.members.append(token)
+        batch = self.buffers.get(node.node_id) or self._open_batch(node, index)
+        ordinal = len(batch.members)
+        batch.members.append(token)
         self._state(token, node, position, started=time.perf_counter())
         self.records.batch_members.append(
             {
-                "batch_id": buffer.batch_id,
+                "batch_id": batch.batch_id,
                 "token_id": token.token_id,
                 "ordinal": ordinal,
                 "data_ref": self.payloads.put(token.data),
                 "data_hash": token.digest(),
             }
         )
-        mode = node.settings.output_mode
-        if mode == "passthrough":
-            self._outcome(token, "buffered", batch_id=buffer.batch_id, terminal=False)
+        if node.settings.output_mode == "passthrough":
+            # The same token continues after the batch: held, not terminal.
+            self._outcome(token, "buffered", batch_id=batch.batch_id, terminal=False)
         else:
-            self._outcome(token, "consumed_in_batch", batch_id=buffer.batch_id)
-        fired = self._trigger(node, buffer, token, condition)
+            self._outcome(token, "consumed_in_batch", batch_id=batch.batch_id)
+        fired = fired_trigger(node, batch, self.clock, token=token, condition=condition)
         if fired:
-            self._flush(index, *fired)
+            self._close_batch(batch, *fired)
 
-    def _open_batch(self, node: Node) -> AggBuffer:
+    def _open_batch(self, node: Node, index: int) -> OpenBatch:
         record = new_batch_record(self.run_id, node.node_id, node.name)
         self.records.batches.append(record)
-        buffer = AggBuffer(node, str(record["batch_id"]), [], self.clock.monotonic())
-        self.buffers[node.node_id] = buffer
-        return buffer
+        batch = OpenBatch(node, index, str(record["batch_id"]), [], self.clock.monotonic())
+        self.buffers[node.node_id] = batch
+        return batch
 
-    def _trigger(
-        self, node: Node, buffer: AggBuffer, token: Token | None, condition: Expression | None
-    ) -> tuple[str, str] | None:
-        trigger = node.settings.trigger
-        count = len(buffer.members)
-        age = buffer.age(self.clock)
-        if trigger.count and count >= trigger.count:
-            return "count", f"batch_count {count} >= {trigger.count}"
-        if trigger.timeout_seconds is not None and age >= trigger.timeout_seconds:
-            return "timeout", f"batch_age_seconds {age:.3f} >= {trigger.timeout_seconds}"
-        if condition is not None and token is not None:
-            env = {"row": token.data, "batch_count": count, "batch_age_seconds": age}
-            if condition.evaluate(env):
-                return "condition", f"condition true: {condition.source}"
-        return None
+    def _close_batch(self, batch: OpenBatch, trigger_type: str, reason: str) -> None:
+        """The trigger fired: record ``executing`` with the batch's last member and queue it."""
+        del self.buffers[batch.node.node_id]
+        self.records.batch_updates.append(
+            {
+                "batch_id": batch.batch_id,
+                "status": "executing",
+                "trigger_type": trigger_type,
+                "trigger_reason": reason,
+            }
+        )
+        self._closed.append(ClosedBatch(batch.index, batch.batch_id, batch.members))
+
+    def aggregation_order(self) -> dict[str, int]:
+        """Aggregation node ID -> its position among the aggregations (pipeline order)."""
+        return dict(self._aggregation_index)
+
+    def output_mode(self, node_id: str) -> str:
+        node = self.aggregations[self._aggregation_index[node_id]][0]
+        return str(node.settings.output_mode)
+
+    def enqueue_batch(self, node_id: str, batch_id: str, members: list[Token]) -> None:
+        """Queue a recorded batch (a resume's retry) to run; its ``executing`` status is recorded."""
+        self.records.batch_updates.append({"batch_id": batch_id, "status": "executing"})
+        self._closed.append(ClosedBatch(self._aggregation_index[node_id], batch_id, members))
+
+    def _close_timed_out(self) -> None:
+        for node, _plugin, _cond in self.aggregations:
+            batch = self.buffers.get(node.node_id)
+            if batch is not None and batch.members:
+                fired = fired_trigger(node, batch, self.clock, token=None, condition=None)
+                if fired is not None:
+                    self._close_batch(batch, *fired)
 
     def check_timeouts(self) -> None:
-        """Flush batches whose timeout elapsed (called between chunks)."""
-        for index, (node, _plugin, _cond) in enumerate(self.aggregations):
-            buffer = self.buffers.get(node.node_id)
-            if buffer and buffer.members:
-                fired = self._trigger(node, buffer, None, None)
-                if fired and fired[0] == "timeout":
-                    self._flush(index, *fired)
+        """Run the batches whose timeout elapsed (also called between chunks)."""
+        self._close_timed_out()
+        self.run_closed_batches()
 
-    def _flush(self, index: int, trigger_type: str, reason: str) -> None:
-        """Run one batch: commit the prefix, mark executing, aggregate, drive outputs, commit."""
-        node, _plugin, _cond = self.aggregations[index]
-        self.commit()  # members durable, batch still draft in the checkpoint
-        buffer = self.buffers.pop(node.node_id)
-        self._commit_batch_status(buffer.batch_id, "executing", trigger_type, reason)
-        self.faults.hit("batch_executing")
-        self.execute_batch(index, buffer.batch_id, buffer.members)
-        self.faults.hit("after_flush")
-        self.commit()
+    def run_closed_batches(self) -> None:
+        """Run every queued batch, each between two commits (see the module docstring).
 
-    def _commit_batch_status(self, batch_id: str, status: str, kind: str, reason: str) -> None:
-        self.records.batch_updates.append(
-            {"batch_id": batch_id, "status": status, "trigger_type": kind, "trigger_reason": reason}
-        )
-        self.commit(checkpoint=False)
+        Batches closed while one runs (its outputs fill a later aggregation) join the queue and
+        run after it. Re-entrant calls return at once: only the outermost call drains the queue.
+        """
+        if self._running_batches:
+            return
+        self._running_batches = True
+        try:
+            while self._closed:
+                batch = self._closed.pop(0)
+                self.commit()  # members and ``executing`` durable before the aggregation runs
+                self.faults.hit("batch_executing")
+                self.execute_batch(batch.index, batch.batch_id, batch.members)
+                self.faults.hit("after_flush")
+                self.commit()  # completion + outputs' records + sink publications, together
+        finally:
+            self._running_batches = False
 
     def execute_batch(self, index: int, batch_id: str, members: list[Token]) -> None:
         """Aggregate a batch's members and drive its outputs downstream (records only)."""
@@ -703,53 +791,62 @@ class RunSession:
         self.stats.batches += 1
         try:
             outputs = plugin.aggregate([m.data for m in members], mode)
-            _check_output_count(mode, len(members), len(outputs))
-        except Exception as exc:  # noqa: BLE001 - recorded as a failed batch, run ends failed
-            reason = f"{type(exc).__name__}: {exc}"
-            self.records.batch_updates.append(
-                {"batch_id": batch_id, "status": "failed", "error": reason, "completed_at": now()}
-            )
-            for member in members:
-                if mode == "passthrough":
-                    self.stats.failed += 1
-                    self._outcome(member, "failed", reason=f"batch failed: {reason}")
-            self.stats.failed += 0 if mode == "passthrough" else 1
-            log.error("aggregation %s batch %s failed: %s", node.name, batch_id, reason)
+            check_output_count(mode, len(members), len(outputs))
+        except Exception as exc:  # noqa: BLE001 - recorded as a failed batch; the run ends failed
+            self._fail_batch(node, batch_id, members, f"{type(exc).__name__}: {exc}")
             return
         self.records.batch_updates.append(
             {"batch_id": batch_id, "status": "completed", "completed_at": now()}
         )
-        if mode == "passthrough":
-            for ordinal, (member, data) in enumerate(zip(members, outputs, strict=True)):
-                self.records.batch_outputs.append(
-                    {"batch_id": batch_id, "token_id": member.token_id, "ordinal": ordinal}
-                )
-                member.replace_data(data)
-                self._drive(member, position + 1)
-            return
-        first = members[0]
         for ordinal, data in enumerate(outputs):
-            child = self._new_token(first.row_id, first.row_index, data, None, parents=members,
-                                    step_index=position + 1)
+            if mode == "passthrough":
+                token = members[ordinal]
+                token.replace_data(data)
+            else:
+                first = members[0]
+                token = self._new_token(
+                    first.row_id,
+                    first.row_index,
+                    data,
+                    None,
+                    parents=members,
+                    step_index=position + 1,
+                )
             self.records.batch_outputs.append(
-                {"batch_id": batch_id, "token_id": child.token_id, "ordinal": ordinal}
+                {"batch_id": batch_id, "token_id": token.token_id, "ordinal": ordinal}
             )
+            self._drive(token, position + 1)
             if ordinal == 0:
                 self.faults.hit("mid_flush")
-            self._drive(child, position + 1)
+
+    def _fail_batch(self, node: Node, batch_id: str, members: list[Token], reason: str) -> None:
+        """A batch whose aggregation raised: recorded failed; passthrough members fail with it."""
+        self.records.batch_updates.append(
+            {"batch_id": batch_id, "status": "failed", "error": reason, "completed_at": now()}
+        )
+        if node.settings.output_mode == "passthrough":
+            for member in members:  # no token is left buffered forever
+                self.stats.failed += 1
+                self._outcome(
+                    member,
+                    "failed",
+                    batch_id=batch_id,
+                    reason=f"batch failed: {reason}",
+                    error_hash=stable_hash(reason),
+                )
+        else:
+            self.stats.failed += 1  # members were consumed; the batch's output is what failed
+        log.error("aggregation %s batch %s failed: %s", node.name, batch_id, reason)
 
     def flush_all_batches(self) -> None:
-        """End of source: every open batch fires."""
-        for index, (node, _plugin, _cond) in enumerate(self.aggregations):
-            buffer = self.buffers.get(node.node_id)
-            if buffer and buffer.members:
-                self._flush(index, "end_of_source", "end of source")
-            elif buffer:
-                self.buffers.pop(node.node_id)
-                self.records.batch_updates.append(
-                    {"batch_id": buffer.batch_id, "status": "completed", "completed_at": now(),
-                     "trigger_type": "end_of_source", "trigger_reason": "empty at end of source"}
-                )
+        """End of source: every open batch fires, in pipeline order, each batch's outputs
+        reaching later aggregations before those fire."""
+        self.run_closed_batches()
+        for node, _plugin, _cond in self.aggregations:
+            batch = self.buffers.get(node.node_id)
+            if batch is not None and batch.members:
+                self._close_batch(batch, "end_of_source", "end of source")
+                self.run_closed_batches()
 
     # ------------------------------------------------------------------ outcomes and sinks
     def _outcome(
@@ -769,8 +866,9 @@ class RunSession:
     ) -> None:
         self.records.token_outcomes.append(
             {
-                # A token has at most one non-terminal and one terminal outcome.
-                "outcome_id": f"{token.token_id}-{'t' if terminal else 'n'}",
+                # One terminal outcome per token (derived ID, also unique-indexed); non-terminal
+                # ones (``buffered``, once per passthrough aggregation) get their own IDs.
+                "outcome_id": f"{token.token_id}-t" if terminal else new_id(),
                 "run_id": self.run_id,
                 "token_id": token.token_id,
                 "outcome": outcome,
@@ -790,8 +888,13 @@ class RunSession:
 
     def _to_sink(self, token: Token, sink: str, outcome: str, reason: str | None = None) -> None:
         node = self.graph.sinks[sink]
-        self._state(token, node, len(self.steps) + 1, started=time.perf_counter(),
-                    output_hash=token.digest())
+        self._state(
+            token,
+            node,
+            len(self.steps) + 1,
+            started=time.perf_counter(),
+            output_hash=token.digest(),
+        )
         pending = self._sink_rows[sink]
         pending.append(token.data)
         line = self._sink_counts[sink] + len(pending)
@@ -813,7 +916,11 @@ class RunSession:
             rows = self._sink_rows[name]
             if rows:
                 sink.write(rows)
-            publication = sink.finish() if final else sink.flush()
+            publication = sink.flush()
+            state = _publication_json(publication)
+            if final:
+                publication = sink.finish()
+                state = {**_publication_json(publication), "before_finish": state}
             self._sink_counts[name] += len(rows)
             self._sink_rows[name] = []
             self.records.artifacts[name] = {
@@ -822,10 +929,7 @@ class RunSession:
                 "size_bytes": publication.size_bytes,
                 "rows_written": publication.rows,
                 "content_hash": sink.content_hash() if final else None,
-                "publication_json": dumps(
-                    {"uri": publication.uri, "rows": publication.rows,
-                     "size_bytes": publication.size_bytes, "state": publication.state}
-                ),
+                "publication_json": dumps(state),
             }
             self._published.add(name)
         if touched:
@@ -836,7 +940,10 @@ class RunSession:
         if checkpoint and self.checkpoint_on:
             self.records.checkpoint = self._checkpoint_record()
         self.recorder.commit_chunk(
-            self.run_id, self.records, owner=self.owner, lease_seconds=self.lease_seconds,
+            self.run_id,
+            self.records,
+            owner=self.owner,
+            lease_seconds=self.lease_seconds,
             before_commit=lambda: self.faults.hit("during_commit"),
         )
         self.stats.commits += 1
@@ -857,7 +964,8 @@ class RunSession:
             "node_id": self.graph.sinks[self.graph.output_sink].node_id,
             "sequence_number": self.sequence,
             "rows_ingested": self.rows_ingested,
-            "aggregation_state_json": json.dumps(self.aggregation_state(), sort_keys=True),
+            # Not sort_keys: held tokens' rows must keep their field order (CSV headers).
+            "aggregation_state_json": json.dumps(self.aggregation_state(), ensure_ascii=False),
             "topology_hash": self.graph.topology_hash,
             "config_hash": self.settings_hash,
             "format_version": CHECKPOINT_FORMAT,
@@ -869,23 +977,27 @@ class RunSession:
         return {
             "aggregations": {
                 node_id: {
-                    "batch_id": buffer.batch_id,
-                    "count": len(buffer.members),
-                    "elapsed_seconds": buffer.age(self.clock),
-                    "members": [m.token_id for m in buffer.members],
+                    "batch_id": batch.batch_id,
+                    "count": len(batch.members),
+                    "elapsed_seconds": batch.age(self.clock),
+                    "members": [m.token_id for m in batch.members],
                 }
-                for node_id, buffer in self.buffers.items()
+                for node_id, batch in self.buffers.items()
             },
             "joins": {
                 key: {
-                    "coalesce": join["coalesce"],
-                    "merged": join["merged"],
-                    "elapsed_seconds": max(0.0, self.clock.monotonic() - join["opened"]),
+                    "coalesce": join.coalesce,
+                    "merged": join.merged,
+                    "elapsed_seconds": max(0.0, self.clock.monotonic() - join.opened_at),
                     "arrived": {
-                        branch: {"token_id": tok.token_id, "row_id": tok.row_id,
-                                 "row_index": tok.row_index, "data": tok.data,
-                                 "fork_group_id": tok.fork_group_id}
-                        for branch, tok in join["arrived"].items()
+                        branch: {
+                            "token_id": tok.token_id,
+                            "row_id": tok.row_id,
+                            "row_index": tok.row_index,
+                            "data": tok.data,
+                            "fork_group_id": tok.fork_group_id,
+                        }
+                        for branch, tok in join.arrived.items()
                     },
                 }
                 for key, join in self.pending_joins.items()
@@ -893,23 +1005,66 @@ class RunSession:
         }
 
     def restore_state(self, state: dict[str, Any], members: dict[str, list[Token]]) -> None:
-        """Rebuild open batches and joins from a checkpoint's state and recorded members."""
-        by_id = {node.node_id: node for node, _p, _c in self.aggregations}
+        """Rebuild open batches and joins from a checkpoint's state and the recorded members.
+
+        Args:
+            state: ``{"aggregations": {node_id: {"batch_id", "elapsed_seconds"}}, "joins": {...}}``
+                as saved by :meth:`aggregation_state` (members are taken from ``members``).
+            members: each open batch's member tokens, in ordinal order, from the landscape.
+        """
         for node_id, saved in state.get("aggregations", {}).items():
-            node = by_id[node_id]
-            buffer = AggBuffer(node, saved["batch_id"], members.get(saved["batch_id"], []),
-                               self.clock.monotonic() - float(saved["elapsed_seconds"]))
-            self.buffers[node_id] = buffer
+            index = self._aggregation_index[node_id]
+            node = self.aggregations[index][0]
+            batch_members = list(members.get(saved["batch_id"], []))
+            elapsed = float(saved.get("elapsed_seconds", 0.0))
+            self.buffers[node_id] = OpenBatch(
+                node, index, saved["batch_id"], batch_members, self.clock.monotonic() - elapsed
+            )
+            self._restored[node_id] = {
+                "batch_id": saved["batch_id"],
+                "count": len(batch_members),
+                "elapsed_seconds": elapsed,
+                "members": [m.token_id for m in batch_members],
+            }
         for key, saved in state.get("joins", {}).items():
             arrived = {
-                branch: Token(t["token_id"], t["row_id"], t["row_index"], t["data"], None, branch,
-                              t.get("fork_group_id"))
+                branch: Token(
+                    t["token_id"],
+                    t["row_id"],
+                    t["row_index"],
+                    t["data"],
+                    None,
+                    branch,
+                    t.get("fork_group_id"),
+                )
                 for branch, t in saved["arrived"].items()
             }
-            self.pending_joins[key] = {
-                "coalesce": saved["coalesce"], "merged": saved["merged"], "arrived": arrived,
-                "opened": self.clock.monotonic() - float(saved["elapsed_seconds"]),
+            elapsed = float(saved.get("elapsed_seconds", 0.0))
+            self.pending_joins[key] = PendingJoin(
+                saved["coalesce"], self.clock.monotonic() - elapsed, arrived, bool(saved["merged"])
+            )
+            node_id = self.graph.coalesces[saved["coalesce"]].node_id
+            joins = self._restored.setdefault(node_id, {"joins": {}})["joins"]
+            joins[key] = {
+                "elapsed_seconds": elapsed,
+                "merged": bool(saved["merged"]),
+                "arrived": {b: t.token_id for b, t in arrived.items()},
             }
+        for node, plugin, _cond in self.aggregations:
+            hook = getattr(plugin, "on_restore", None)
+            if callable(hook) and node.node_id in self._restored:
+                hook(self.get_restored_state(node.node_id))
+
+    def get_restored_state(self, node_id: str) -> dict[str, Any] | None:
+        """What a resume restored for one node, or None when nothing was restored for it.
+
+        For an aggregation: ``{"batch_id", "count", "elapsed_seconds", "members"}`` (member token
+        IDs in ordinal order) of its open draft batch. For a coalesce: ``{"joins": {key:
+        {"elapsed_seconds", "merged", "arrived": {branch: token_id}}}}``. A copy: changing it
+        changes nothing in the session.
+        """
+        found = self._restored.get(node_id)
+        return copy.deepcopy(found) if found is not None else None
 
     def finish(self) -> None:
         """End of source: fire open batches, close joins, complete the sinks (one final commit)."""
@@ -918,13 +1073,13 @@ class RunSession:
         self.commit(final=True)
 
 
-def _check_output_count(mode: str, members: int, outputs: int) -> None:
-    if mode == "single" and outputs != 1:
-        raise PluginError(f"single output mode needs exactly 1 output row, got {outputs}")
-    if mode == "passthrough" and outputs != members:
-        raise PluginError(
-            f"passthrough output mode needs one output per member ({members}), got {outputs}"
-        )
+def _publication_json(publication: Publication) -> dict[str, Any]:
+    return {
+        "uri": publication.uri,
+        "rows": publication.rows,
+        "size_bytes": publication.size_bytes,
+        "state": publication.state,
+    }
 
 
 def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

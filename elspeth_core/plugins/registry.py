@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from elspeth_core.errors import ConfigError
 from elspeth_core.plugins.aggregations import BatchReplicate, BatchStats
+from elspeth_core.plugins.database_sink import DatabaseSink
 from elspeth_core.plugins.sinks import CsvSink, JsonSink
 from elspeth_core.plugins.sources import CsvSource, JsonSource, NullSource
 from elspeth_core.plugins.transforms import (
@@ -52,6 +53,7 @@ _BUILTINS: tuple[tuple[str, type[Any]], ...] = (
     ("aggregation", BatchReplicate),
     ("sink", CsvSink),
     ("sink", JsonSink),
+    ("sink", DatabaseSink),
 )
 
 

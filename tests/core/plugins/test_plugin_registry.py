@@ -36,6 +36,7 @@ BUILTINS = {
     ("aggregation", "batch_replicate"),
     ("sink", "csv"),
     ("sink", "json"),
+    ("sink", "database"),
 }
 PROTOCOLS = {
     "source": SourcePlugin,
@@ -52,6 +53,7 @@ MINIMAL_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("aggregation", "batch_stats"): {"value_field": "v"},
     ("sink", "csv"): {"path": "out.csv"},
     ("sink", "json"): {"path": "out.json"},
+    ("sink", "database"): {"url": "sqlite://", "table": "t"},
 }
 
 

@@ -1,0 +1,85 @@
+"""``checkpoint.frequency`` decides how much a resume redoes — never the outputs.
+
+Killed while reading row 350 of a pipeline whose aggregation fires every 100 rows, the durable
+position is: the last batch boundary (300) for ``aggregation_only``; the last commit of every 30
+rows after it (330) for ``every_n``; the row before (349) for ``every_row``. Without aggregations,
+``aggregation_only`` commits nothing before the end (or the engine's row cap).
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import query
+from tests.support.pipelines import (
+    assert_every_token_terminal_once,
+    make_csv,
+    only_run,
+    outputs,
+    pipeline,
+    resume,
+    run_pipeline,
+)
+
+ROWS = 1000
+STATS = {
+    "name": "stats",
+    "plugin": "batch_stats",
+    "trigger": {"count": 100},
+    "output_mode": "single",
+    "options": {"value_field": "amount"},
+}
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_csv(tmp_path_factory.mktemp("input") / "in.csv", ROWS)
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory, source: Path) -> dict[bool, dict]:
+    found = {}
+    for with_aggregation in (True, False):
+        work = tmp_path_factory.mktemp("reference")
+        aggs = [STATS] if with_aggregation else []
+        assert run_pipeline(work, pipeline(work, source, aggregations=aggs)).code == 0
+        found[with_aggregation] = outputs(work)
+    return found
+
+
+@pytest.mark.parametrize(
+    ("frequency", "with_aggregation", "durable_rows"),
+    [
+        ("aggregation_only", True, 300),
+        ("every_n", True, 330),
+        ("every_row", True, 349),
+        ("aggregation_only", False, 0),
+        ("every_n", False, 330),
+    ],
+)
+def test_frequency_sets_the_durable_position_and_never_the_outputs(
+    tmp_path: Path,
+    source: Path,
+    references: dict[bool, dict],
+    frequency: str,
+    with_aggregation: bool,
+    durable_rows: int,
+) -> None:
+    aggs = [STATS] if with_aggregation else []
+    data = pipeline(tmp_path, source, aggregations=aggs, frequency=frequency, interval=30)
+    crashed = run_pipeline(tmp_path, data, env={"ELSPETH_FAULT_INJECT": "source_read:350"})
+    assert crashed.code == -signal.SIGKILL
+    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    assert query(db, f"SELECT source_rows_ingested FROM runs WHERE run_id = '{run_id}'") == [
+        (durable_rows,)
+    ]
+    assert query(db, f"SELECT count(*) FROM rows WHERE run_id = '{run_id}'") == [(durable_rows,)]
+    assert query(db, f"SELECT rows_ingested FROM checkpoints WHERE run_id = '{run_id}'") == [
+        (durable_rows,)
+    ]
+    assert resume(tmp_path, run_id).code == 0
+    assert outputs(tmp_path) == references[with_aggregation]
+    assert_every_token_terminal_once(db, run_id)
