@@ -1,6 +1,8 @@
 """Payload retention: delete the payloads of completed runs past retention, keep their hashes.
 
 Key contracts:
+- A purge removes row content everywhere the landscape keeps it: payload references of rows and
+  batch members, and the copy of quarantined rows in ``validation_errors.row_data_json``.
 - Only ``completed`` runs are purged, by ``completed_at``: a failed or interrupted run may still
   be resumed, and resume needs its payloads.
 - The landscape is changed first (references cleared in one transaction), the files second. A
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from elspeth_core.landscape import LandscapeDB, LandscapeRecorder
-from elspeth_core.landscape.retention import RetentionQueries
+from elspeth_core.landscape.retention import RetentionQueries, clear_quarantined_data
 from elspeth_core.payloads import PayloadStore
 
 DEFAULT_RETENTION_DAYS = 90
@@ -106,6 +108,7 @@ def execute_purge(db: LandscapeDB, items: list[PurgeItem]) -> int:
     for item in items:
         if item.refs_present:
             recorder.clear_payload_refs([item.run_id])
+        clear_quarantined_data(db, item.run_id)  # idempotent: also finishes an interrupted purge
         if item.files_present:
             store = PayloadStore(item.payload_dir.parent)
             store.delete_run(item.run_id)

@@ -3,12 +3,16 @@
 Purging is two steps: ``LandscapeRecorder.clear_payload_refs`` (one transaction, every row and
 batch member of the run) and then deleting the run's payload folder. Because the references of a
 run are cleared all at once, "does the run's first row still have a reference" answers "are this
-run's payloads still referenced" with one index lookup. Nothing here writes.
+run's payloads still referenced" with one index lookup.
+
+The one write here, ``clear_quarantined_data``, removes the copy of a quarantined row's content
+that ``validation_errors.row_data_json`` holds (its ``row_hash`` stays): without it a purge would
+delete every payload except those of the rows that failed validation.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import and_, select
+from sqlalchemy import and_, select, update
 
 from elspeth_core.landscape import schema as t
 from elspeth_core.landscape.database import LandscapeDB
@@ -46,3 +50,19 @@ class RetentionQueries:
                 .limit(1)
             ).first()
             return first is not None and first[0] is not None
+
+
+def clear_quarantined_data(db: LandscapeDB, run_id: str) -> int:
+    """Drop the row content kept with a run's validation errors; returns how many were cleared."""
+    with db.begin() as conn:
+        result = conn.execute(
+            update(t.validation_errors)
+            .where(
+                and_(
+                    t.validation_errors.c.run_id == run_id,
+                    t.validation_errors.c.row_data_json.is_not(None),
+                )
+            )
+            .values(row_data_json=None)
+        )
+        return int(result.rowcount or 0)

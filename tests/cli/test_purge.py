@@ -77,6 +77,9 @@ def test_purge_without_yes_refuses_and_dry_run_changes_nothing(tmp_path: Path) -
 def test_purge_deletes_payloads_keeps_hashes_and_explain_says_purged(tmp_path: Path) -> None:
     run_id = _run(tmp_path)
     before = _state(tmp_path)
+    assert query(tmp_path / "audit.db", "SELECT count(row_data_json) FROM validation_errors") == [
+        (ROWS // 50,)
+    ]
     high_first = (tmp_path / "out" / "high.csv").read_text().splitlines()[1].split(",")[0]
     explained = run_cli(
         "explain",
@@ -101,6 +104,11 @@ def test_purge_deletes_payloads_keeps_hashes_and_explain_says_purged(tmp_path: P
     after = _state(tmp_path)
     assert after["refs"] == 0 and after["folders"] == []
     assert after["hashes"] == before["hashes"]  # every hash kept
+    # Quarantined rows' content kept with their validation error goes too; their hash stays.
+    assert query(
+        tmp_path / "audit.db",
+        "SELECT count(*), count(row_data_json), count(row_hash) FROM validation_errors",
+    ) == [(ROWS // 50, 0, ROWS // 50)]
 
     result = run_cli(
         "explain",
