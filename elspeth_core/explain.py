@@ -75,18 +75,18 @@ def explain(
         RunNotFound: no such run (or no run at all for ``latest``).
         LineageNotFound: the row, token or sink line is not in that run.
     """
-    queries = LineageQueries(db)
-    run = _resolve_run(queries, target.run)
-    run_id = run["run_id"]
-    focus_token, row_id = _resolve_focus(queries, run_id, target)
-    start = [focus_token] if focus_token else queries.token_ids_of_row(row_id)
-    family = queries.family(
-        start,
-        ancestors=focus_token is not None,
-        **({"max_tokens": max_tokens} if max_tokens else {}),
-    )
-    records = queries.records(run_id, family, [row_id])
-    attempts = queries.attempts(run_id)
+    with LineageQueries(db).snapshot() as queries:
+        run = _resolve_run(queries, target.run)
+        run_id = run["run_id"]
+        focus_token, row_id = _resolve_focus(queries, run_id, target)
+        start = [focus_token] if focus_token else queries.token_ids_of_row(row_id)
+        family = queries.family(
+            start,
+            ancestors=focus_token is not None,
+            **({"max_tokens": max_tokens} if max_tokens else {}),
+        )
+        records = queries.records(run_id, family, [row_id])
+        attempts = queries.attempts(run_id)
     base = payloads_path or _recorded_payload_path(run)
     return {
         "schema": SCHEMA,

@@ -7,12 +7,11 @@ from typing import Any
 
 import typer
 
-from elspeth_core.cli.common import EXIT_USAGE, cli_errors, emit_json, out
+from elspeth_core.cli.common import DEFAULT_DATABASE, EXIT_USAGE, cli_errors, emit_json, out
 from elspeth_core.config import load_settings
 from elspeth_core.health import check_health
 
-DEFAULT_DATABASE = "sqlite:///runs/audit.db"
-DEFAULT_PAYLOADS = ".elspeth/payloads"
+DEFAULT_PAYLOADS = ".elspeth/payloads"  # the settings' payload_store.base_path default
 
 
 def health_command(

@@ -5,7 +5,7 @@
 ``csv`` has the columns ``index,table,id,record,signature`` (``record`` holds the record as JSON,
 since tables differ in columns), then a final row whose ``index`` is ``manifest`` and whose
 ``record`` holds the manifest as JSON. Both stream: neither writing nor reading holds the export
-in memory. Documented for auditors in ``docs/runbooks/purge-and-retention.md``.
+in memory. Documented for auditors in ``docs/audit-export.md``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ Key contracts:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,20 +58,43 @@ class LineageRecords:
 
 
 class LineageQueries:
-    """Index-only reads of one run's lineage."""
+    """Index-only reads of one run's lineage.
+
+    Inside ``snapshot()`` every query uses one connection and one read transaction, so a document
+    built from several queries sees one consistent state even while a run is committing.
+    """
 
     def __init__(self, db: LandscapeDB) -> None:
         self.db = db
+        self._conn: Connection | None = None
+
+    @contextmanager
+    def snapshot(self) -> Iterator[LineageQueries]:
+        """Run the queries made inside the block on one connection (one read transaction)."""
+        with self.db.connect() as conn:
+            self._conn = conn
+            try:
+                yield self
+            finally:
+                self._conn = None
+
+    @contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        if self._conn is not None:
+            yield self._conn
+            return
+        with self.db.connect() as conn:
+            yield conn
 
     # ------------------------------------------------------------------ entry points
     def run(self, run_id: str) -> Record | None:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(select(t.runs).where(t.runs.c.run_id == run_id)).mappings()
             row = found.first()
             return dict(row) if row else None
 
     def latest_run_id(self) -> str | None:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             return conn.execute(
                 select(t.runs.c.run_id)
                 .order_by(t.runs.c.started_at.desc(), t.runs.c.run_id.desc())
@@ -78,7 +102,7 @@ class LineageQueries:
             ).scalar()
 
     def attempts(self, run_id: str) -> list[Record]:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(
                 select(t.run_attempts)
                 .where(t.run_attempts.c.run_id == run_id)
@@ -87,20 +111,20 @@ class LineageQueries:
             return [dict(r) for r in found]
 
     def row(self, row_id: str) -> Record | None:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(select(t.rows).where(t.rows.c.row_id == row_id)).mappings()
             row = found.first()
             return dict(row) if row else None
 
     def token(self, token_id: str) -> Record | None:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(select(t.tokens).where(t.tokens.c.token_id == token_id)).mappings()
             row = found.first()
             return dict(row) if row else None
 
     def outcome_at_sink_line(self, run_id: str, sink_name: str, line: int) -> Record | None:
         """The terminal outcome that wrote data line ``line`` (1-based) of a sink's output."""
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(
                 select(t.token_outcomes).where(
                     and_(
@@ -116,7 +140,7 @@ class LineageQueries:
 
     def sink_line_count(self, run_id: str, sink_name: str) -> int:
         """The highest data line recorded for a sink (for 'line N of M' messages)."""
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(
                 select(func.max(t.token_outcomes.c.sink_line)).where(
                     and_(
@@ -127,8 +151,22 @@ class LineageQueries:
             ).scalar()
             return int(found or 0)
 
+    def row_ids_at(self, run_id: str, indexes: Sequence[int]) -> dict[int, str]:
+        """row_index -> row_id for the given source positions of a run."""
+        found: dict[int, str] = {}
+        with self._connect() as conn:
+            for start in range(0, len(indexes), _IN_CHUNK):
+                chunk = list(indexes[start : start + _IN_CHUNK])
+                rows = conn.execute(
+                    select(t.rows.c.row_index, t.rows.c.row_id).where(
+                        and_(t.rows.c.run_id == run_id, t.rows.c.row_index.in_(chunk))
+                    )
+                ).all()
+                found.update({int(index): str(row_id) for index, row_id in rows})
+        return found
+
     def token_ids_of_row(self, row_id: str) -> list[str]:
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             found = conn.execute(
                 select(t.tokens.c.token_id)
                 .where(t.tokens.c.row_id == row_id)
@@ -152,7 +190,7 @@ class LineageQueries:
             max_tokens: stop walking once this many tokens are known (``truncated`` is then set).
         """
         family = TokenFamily()
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             known: set[str] = set(start)
             frontier = list(start)
             links: dict[tuple[str, str], Record] = {}
@@ -196,7 +234,7 @@ class LineageQueries:
     def records(self, run_id: str, family: TokenFamily, row_ids: Iterable[str]) -> LineageRecords:
         """Every record of the family's tokens and rows (all index lookups)."""
         token_ids = list(family.tokens)
-        with self.db.connect() as conn:
+        with self._connect() as conn:
             outside = {
                 link["parent_token_id"]
                 for link in family.parent_links
