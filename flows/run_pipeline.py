@@ -27,7 +27,7 @@ from elspeth_core.engine.faults import FaultInjector
 from elspeth_core.engine.orchestrator import Orchestrator
 from elspeth_core.errors import ElspethError, RunAlreadyCompleted
 from elspeth_core.landscape import LandscapeDB, LandscapeQueries
-from flows.sessions import SESSIONS, OpenRun
+from flows.sessions import OpenRun, forget, recall, remember
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 MIN_CHUNK_ROWS = 1_000
@@ -85,7 +85,7 @@ def begin_run_task(
     else:
         session = orchestrator.begin_run(loaded, flow_run_id=flow_run_id)
         resumed = False
-    SESSIONS.put(OpenRun(db, orchestrator, session, loaded))
+    remember(OpenRun(db, orchestrator, session, loaded))
     return {
         "run_id": session.run_id,
         "resumed": resumed,
@@ -107,7 +107,7 @@ def resume_run_task(run_id: str, database: str | None, flow_run_id: str | None) 
     except BaseException:
         db.close()
         raise
-    SESSIONS.put(OpenRun(db, orchestrator, session, None))
+    remember(OpenRun(db, orchestrator, session, None))
     return {"run_id": run_id, "resumed": True, "already_completed": False,
             "rows_before": session.rows_ingested, "estimated_rows": None}
 
@@ -115,7 +115,7 @@ def resume_run_task(run_id: str, database: str | None, flow_run_id: str | None) 
 @task(name="process-chunk")
 def process_chunk_task(run_id: str, max_rows: int) -> dict[str, Any]:
     """Process up to ``max_rows`` source rows (commits inside); returns counts only."""
-    open_run = SESSIONS.get(run_id)
+    open_run = recall(run_id)
     if open_run is None:
         raise ElspethError(f"run {run_id} is not open in this process",
                            hint="Retry the flow run: it resumes from the landscape.")
@@ -124,7 +124,7 @@ def process_chunk_task(run_id: str, max_rows: int) -> dict[str, Any]:
         done = open_run.orchestrator.process_chunk(open_run.session, max_rows)
     except BaseException as exc:
         open_run.orchestrator.abort(open_run.session, exc)
-        SESSIONS.pop(run_id)
+        forget(run_id)
         open_run.db.close()
         raise
     return {
@@ -138,7 +138,7 @@ def process_chunk_task(run_id: str, max_rows: int) -> dict[str, Any]:
 @task(name="finalize-run")
 def finalize_task(run_id: str) -> dict[str, Any]:
     """Flush open batches, complete the sinks, mark the run completed or failed."""
-    open_run = SESSIONS.pop(run_id)
+    open_run = forget(run_id)
     if open_run is None:
         raise ElspethError(f"run {run_id} is not open in this process")
     try:

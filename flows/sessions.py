@@ -42,4 +42,18 @@ class SessionCache:
             return self._runs.pop(run_id, None)
 
 
-SESSIONS = SessionCache()
+_SESSIONS = SessionCache()
+
+
+# Flow and task functions reach the cache only through these functions: Prefect-Dask may pickle a
+# flow function by value, and a lock-holding global referenced from it cannot be pickled.
+def remember(run: OpenRun) -> None:
+    _SESSIONS.put(run)
+
+
+def recall(run_id: str) -> OpenRun | None:
+    return _SESSIONS.get(run_id)
+
+
+def forget(run_id: str) -> OpenRun | None:
+    return _SESSIONS.pop(run_id)

@@ -27,6 +27,7 @@ from elspeth_core.plugins.transforms import (
     Passthrough,
     Truncate,
 )
+from elspeth_core.plugins.pseudonymize import Pseudonymize
 
 ENTRY_POINT_GROUP = "elspeth.plugins"
 KINDS = ("source", "transform", "aggregation", "sink")
@@ -49,6 +50,7 @@ _BUILTINS: tuple[tuple[str, type[Any]], ...] = (
     ("transform", Truncate),
     ("transform", KeywordFilter),
     ("transform", JsonExplode),
+    ("transform", Pseudonymize),
     ("aggregation", BatchStats),
     ("aggregation", BatchReplicate),
     ("sink", CsvSink),
