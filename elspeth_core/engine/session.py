@@ -803,13 +803,16 @@ class RunSession:
                 token = members[ordinal]
                 token.replace_data(data)
             else:
+                # Lineage of a batch's outputs is batch_outputs -> batch -> batch_members. A
+                # single output also names every member as a parent; ``transform`` outputs do
+                # not (N outputs x M members parent links would dwarf the data itself).
                 first = members[0]
                 token = self._new_token(
                     first.row_id,
                     first.row_index,
                     data,
                     None,
-                    parents=members,
+                    parents=members if mode == "single" else None,
                     step_index=position + 1,
                 )
             self.records.batch_outputs.append(

@@ -1,0 +1,382 @@
+"""The crash suite for aggregations, forks, expansions and the database sink.
+
+Two pipelines, each run crash-free once as the reference:
+
+- ``chain`` (CSV, 6,000 rows): keyword_filter (matches to a JSONL sink) → batch_replicate in
+  ``transform`` mode (count 200, a variable number of copies per row) → batch_stats in
+  ``passthrough`` mode (count 250) → a gate that forks big rows to two branches joined by a
+  ``require_all`` coalesce → a ``database`` sink (SQLite target database);
+- ``explode`` (JSON Lines, 4,000 orders): json_explode of each order's items (bad orders to a
+  JSONL sink) → batch_stats in ``single`` mode (count 100) → CSV.
+
+Real ``elspeth`` processes are SIGKILLed at named points (while buffering, after a batch's
+``executing`` commit, mid-flush, after the flush before the sink write, during a batch retry)
+and at seeded random instants, then resumed until they complete. Every time the outputs must be
+byte-identical (files) or row-identical (database rows without the hidden ledger columns) to the
+reference, every token must have exactly one terminal outcome, and each batch a crash interrupted
+must show its failed attempt and the retry with the same members in the same order.
+"""
+
+from __future__ import annotations
+
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cli import (
+    assert_landscape_invariants,
+    popen_cli,
+    query,
+    run_cli,
+    run_ids,
+    write_settings,
+)
+from tests.support.pipelines import (
+    database_sink,
+    jsonl_sink,
+    make_csv,
+    make_jsonl,
+    outputs,
+    pipeline,
+)
+
+pytestmark = pytest.mark.slow
+
+CHAIN_ROWS = 6_000
+EXPLODE_ROWS = 4_000
+TALLY = {"kills": 0, "resumes": 0}
+
+
+def _chain(work: Path, source: Path) -> dict:
+    sinks = {"out": database_sink(work, "results"), "flagged": jsonl_sink(work, "flagged")}
+    return pipeline(
+        work,
+        source,
+        interval=150,
+        sinks=sinks,
+        row_plugins=[
+            {
+                "plugin": "keyword_filter",
+                "on_error": "flagged",
+                "options": {"keywords": ["urgent"], "fields": ["note"]},
+            }
+        ],
+        aggregations=[
+            {
+                "name": "copies",
+                "plugin": "batch_replicate",
+                "trigger": {"count": 200},
+                "output_mode": "transform",
+                "options": {"copies_field": "copies", "include_copy_index": True},
+            },
+            {
+                "name": "enrich",
+                "plugin": "batch_stats",
+                "trigger": {"count": 250},
+                "output_mode": "passthrough",
+                "options": {"value_field": "amount"},
+            },
+        ],
+        gates=[
+            {
+                "name": "split",
+                "condition": "row['amount'] >= 500",
+                "routes": {"true": "fork", "false": "continue"},
+                "fork_to": ["left", "right"],
+            }
+        ],
+        coalesce=[
+            {
+                "name": "join",
+                "branches": ["left", "right"],
+                "policy": "require_all",
+                "merge": "union",
+            }
+        ],
+    )
+
+
+def _explode(work: Path, source: Path) -> dict:
+    sinks = {
+        "out": {"plugin": "csv", "options": {"path": str(work / "out" / "stats.csv")}},
+        "bad": jsonl_sink(work, "bad"),
+    }
+    return pipeline(
+        work,
+        source,
+        interval=150,
+        sinks=sinks,
+        row_plugins=[
+            {
+                "plugin": "json_explode",
+                "on_error": "bad",
+                "options": {"array_field": "items", "include_index": True},
+            }
+        ],
+        aggregations=[
+            {
+                "name": "stats",
+                "plugin": "batch_stats",
+                "trigger": {"count": 100},
+                "output_mode": "single",
+                "options": {"value_field": "amount", "group_by": "status"},
+            }
+        ],
+    )
+
+
+SHAPES = {"chain": (_chain, CHAIN_ROWS), "explode": (_explode, EXPLODE_ROWS)}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report_totals() -> Iterator[None]:
+    """Print what the suite did (visible with ``pytest -s``)."""
+    yield
+    print(
+        f"\naggregation crash suite: {TALLY['kills']} kills, {TALLY['resumes']} resumes; "
+        "every output identical to its crash-free run (0 rows lost, 0 duplicated)"
+    )
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("inputs")
+    orders = make_jsonl(folder / "orders.jsonl", EXPLODE_ROWS, seed=4)
+    with orders.open("a", encoding="utf-8") as handle:  # one order whose items are not a list
+        handle.write('{"id": -1, "amount": 3.5, "status": "ok", "items": "none"}\n')
+    return {"chain": make_csv(folder / "in.csv", CHAIN_ROWS, seed=8), "explode": orders}
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory: pytest.TempPathFactory, inputs: dict[str, Path]) -> dict:
+    found = {}
+    for shape, (build, rows) in SHAPES.items():
+        work = tmp_path_factory.mktemp(f"reference-{shape}")
+        settings = write_settings(work / "settings.yaml", build(work, inputs[shape]))
+        result = run_cli("run", "-s", str(settings), "-x", cwd=work)
+        assert result.code == 0, result.stderr
+        found[shape] = outputs(work)
+        (run_id,) = run_ids(work / "audit.db")
+        extra = 1 if shape == "explode" else 0
+        assert_landscape_invariants(work / "audit.db", run_id, rows + extra)
+    assert len(found["chain"]["target.db:results"]) > CHAIN_ROWS  # copies and merges happened
+    return found
+
+
+def _settings(work: Path, shape: str, inputs: dict[str, Path]) -> Path:
+    build, _rows = SHAPES[shape]
+    return write_settings(work / "settings.yaml", build(work, inputs[shape]))
+
+
+def _resume_until_done(work: Path, settings: Path, plans: list[str]) -> int:
+    """Run (if nothing was recorded) or resume, with the crash plans first, until exit 0."""
+    db = work / "audit.db"
+    plans = list(plans)
+    for attempt in range(1, 40):
+        ids = run_ids(db)
+        env = {"ELSPETH_FAULT_INJECT": plans.pop(0)} if plans else {}
+        if ids:
+            result = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=work, env=env)
+            TALLY["resumes"] += 1
+        else:
+            result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
+        if result.code == 0:
+            return attempt
+        assert result.code == -signal.SIGKILL, (result.code, result.stderr)
+        TALLY["kills"] += 1
+    raise AssertionError("run did not complete after 40 resumes")
+
+
+def _check(work: Path, shape: str, reference: dict) -> str:
+    found = outputs(work)
+    assert found.keys() == reference.keys()
+    for name, content in reference.items():
+        assert found[name] == content, f"{name} differs from the crash-free run"
+    db = work / "audit.db"
+    (run_id,) = run_ids(db)
+    _build, rows = SHAPES[shape]
+    assert_landscape_invariants(db, run_id, rows + (1 if shape == "explode" else 0))
+    assert query(
+        db,
+        f"""SELECT count(*) FROM batches WHERE run_id = '{run_id}'
+                         AND status NOT IN ('completed', 'failed')""",
+    ) == [(0,)]
+    unretried = query(
+        db,
+        f"""SELECT count(*) FROM batches b WHERE b.run_id = '{run_id}'
+                              AND b.status = 'failed' AND NOT EXISTS (SELECT 1 FROM batches r
+                              WHERE r.retry_of_batch_id = b.batch_id)""",
+    )
+    assert unretried == [(0,)]
+    if shape == "chain":
+        _check_database_ledger(work, db, run_id)
+    return run_id
+
+
+def _check_database_ledger(work: Path, db: Path, run_id: str) -> None:
+    target = work / "out" / "target.db"
+    published = query(
+        target,
+        f"""SELECT count(*), count(DISTINCT _elspeth_seq), max(_elspeth_seq)
+                                  FROM results WHERE _elspeth_run_id = '{run_id}'""",
+    )
+    ((rows, distinct, highest),) = published
+    assert rows == distinct == highest
+    assert query(target, "SELECT rows_committed FROM _elspeth_publications") == [(rows,)]
+    assert query(
+        db,
+        f"""SELECT count(*) FROM token_outcomes WHERE run_id = '{run_id}'
+                         AND is_terminal = 1 AND sink_name = 'out'""",
+    ) == [(rows,)]
+
+
+def _retries(db: Path, run_id: str) -> list[tuple[int, str, int, str, bool]]:
+    """(attempt, status, retry attempt, retry status, same members in the same order)."""
+    found = query(
+        db,
+        f"""SELECT o.attempt, o.status, r.attempt, r.status,
+        (SELECT group_concat(token_id, ',') FROM (SELECT token_id FROM batch_members
+         WHERE batch_id = o.batch_id ORDER BY ordinal)) =
+        (SELECT group_concat(token_id, ',') FROM (SELECT token_id FROM batch_members
+         WHERE batch_id = r.batch_id ORDER BY ordinal))
+        FROM batches o JOIN batches r ON r.retry_of_batch_id = o.batch_id
+        WHERE o.run_id = '{run_id}' ORDER BY o.created_at, o.batch_id""",
+    )
+    return [(a, s, ra, rs, bool(same)) for a, s, ra, rs, same in found]
+
+
+@pytest.mark.parametrize(
+    ("shape", "first_crash", "resume_crashes", "retried"),
+    [
+        # while buffering: an open draft batch, rows read but not committed
+        ("chain", "source_read:3100", [], []),
+        ("explode", "source_read:2500", [], []),
+        ("chain", "after_commit:10", [], []),
+        # the batch's executing status is committed, the aggregation has not run
+        ("chain", "batch_executing:5", [], [(1, "failed", 2, "completed", True)]),
+        ("explode", "batch_executing:12", [], [(1, "failed", 2, "completed", True)]),
+        # outputs partly driven downstream
+        ("chain", "mid_flush:7", [], [(1, "failed", 2, "completed", True)]),
+        ("explode", "mid_flush:3", [], [(1, "failed", 2, "completed", True)]),
+        # outputs driven, sink write not done
+        ("chain", "after_flush:4", [], [(1, "failed", 2, "completed", True)]),
+        ("explode", "after_flush:20", [], [(1, "failed", 2, "completed", True)]),
+        # the database sink wrote a batch's rows and its ledger; the landscape recorded neither
+        # them nor the batch's completion
+        ("chain", "after_sink_write:12", [], [(1, "failed", 2, "completed", True)]),
+        # a crash during the batch retry: attempt 2 fails too, attempt 3 completes
+        (
+            "chain",
+            "batch_executing:6",
+            ["batch_executing:1"],
+            [(1, "failed", 2, "failed", True), (2, "failed", 3, "completed", True)],
+        ),
+        (
+            "explode",
+            "after_flush:8",
+            ["mid_flush:1"],
+            [(1, "failed", 2, "failed", True), (2, "failed", 3, "completed", True)],
+        ),
+    ],
+)
+def test_named_crash_points(
+    tmp_path: Path,
+    inputs: dict[str, Path],
+    references: dict,
+    shape: str,
+    first_crash: str,
+    resume_crashes: list[str],
+    retried: list[tuple],
+) -> None:
+    settings = _settings(tmp_path, shape, inputs)
+    crashed = run_cli(
+        "run", "-s", str(settings), "-x", cwd=tmp_path, env={"ELSPETH_FAULT_INJECT": first_crash}
+    )
+    assert crashed.code == -signal.SIGKILL, crashed.stderr
+    TALLY["kills"] += 1
+    _assert_crash_state(tmp_path, first_crash.partition(":")[0])
+    attempts = _resume_until_done(tmp_path, settings, resume_crashes)
+    assert attempts == len(resume_crashes) + 1
+    run_id = _check(tmp_path, shape, references[shape])
+    assert _retries(tmp_path / "audit.db", run_id) == retried
+
+
+def _assert_crash_state(work: Path, point: str) -> None:
+    """The landscape right after the kill shows the situation the crash point names."""
+    db = work / "audit.db"
+    statuses = dict(query(db, "SELECT status, count(*) FROM batches GROUP BY status"))
+    if point in ("source_read", "after_commit"):
+        open_members = query(
+            db,
+            """SELECT count(*) FROM batch_members m JOIN batches b
+                                    ON b.batch_id = m.batch_id WHERE b.status = 'draft'""",
+        )
+        assert open_members[0][0] > 0, statuses  # a draft batch was buffering
+        assert "executing" not in statuses
+    elif point in ("batch_executing", "mid_flush", "after_flush"):
+        assert statuses.get("executing") == 1, statuses
+    elif point == "after_sink_write":
+        (recorded,) = query(db, "SELECT rows_written FROM artifacts WHERE sink_name = 'out'")
+        target = query(work / "out" / "target.db", "SELECT count(*) FROM results")
+        assert target[0][0] > recorded[0], "the target should hold rows nobody vouches for yet"
+
+
+@pytest.mark.parametrize(
+    ("shape", "kills_wanted", "seed"), [("chain", 14, 20261125), ("explode", 10, 4711)]
+)
+def test_random_sigkill_instants(
+    tmp_path: Path,
+    inputs: dict[str, Path],
+    references: dict,
+    shape: str,
+    kills_wanted: int,
+    seed: int,
+) -> None:
+    """Kills at seeded random instants (runs and resumes alike), each chain of kills ending
+    with a clean resume; when a run completes before enough kills, a fresh run continues."""
+    rng = random.Random(seed)
+    kills = runs = 0
+    while kills < kills_wanted:
+        work = tmp_path / f"run-{runs}"
+        work.mkdir()
+        runs += 1
+        kills += _kill_repeatedly(work, _settings(work, shape, inputs), rng, kills_wanted - kills)
+        db = work / "audit.db"
+        final = run_cli("resume", run_ids(db)[0], "-d", f"sqlite:///{db}", "-x", cwd=work)
+        TALLY["resumes"] += 1
+        assert final.code == 0 or "Run already completed" in final.stderr, final.stderr
+        run_id = _check(work, shape, references[shape])
+        for _a, status, _ra, _rs, same in _retries(db, run_id):
+            assert status == "failed" and same
+    TALLY["kills"] += kills
+    assert kills == kills_wanted
+
+
+def _kill_repeatedly(work: Path, settings: Path, rng: random.Random, limit: int) -> int:
+    """Start or resume the run and SIGKILL it after a random delay, until ``limit`` kills or
+    until it completes first; returns the number of kills."""
+    db = work / "audit.db"
+    kills = 0
+    while kills < limit:
+        ids = run_ids(db)
+        args = (
+            ["resume", ids[0], "-d", f"sqlite:///{db}", "-x"]
+            if ids
+            else ["run", "-s", str(settings), "-x"]
+        )
+        TALLY["resumes"] += 1 if ids else 0
+        proc = popen_cli(*args, cwd=work)
+        try:
+            proc.wait(timeout=rng.uniform(1.2, 3.2))
+        except Exception:  # noqa: BLE001 - still running: kill it
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        _out, err = proc.communicate()
+        if proc.returncode == 0 or "Run already completed" in err:
+            break  # (or the previous process was killed just after completing the run)
+        assert proc.returncode == -signal.SIGKILL, err
+        kills += 1
+    return kills
