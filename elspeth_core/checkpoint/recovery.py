@@ -91,6 +91,12 @@ class RecoveryManager:
             raise RunNotFound(run_id)
         if run["status"] == "completed":
             raise RunAlreadyCompleted(run_id)
+        if run.get("superseded_by"):
+            raise ResumeRefused(
+                f"Run {run_id} was superseded by run {run['superseded_by']} (--force-new)",
+                hint=f"Resume or inspect run {run['superseded_by']} instead.",
+                run_id=run_id,
+            )
         if lease_is_live(run):
             expires = run["lease_expires_at"]
             raise RunInProgress(run_id, str(run["lease_owner"]), expires.isoformat())

@@ -14,7 +14,9 @@ Exit codes: 0 success; 1 validation/usage error or refused action; 2 run failed;
 configuration mismatch, source changed).
 """
 
-app = typer.Typer(help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help=HELP, no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False
+)
 app.command("run")(run.run_command)
 app.command("resume")(resume.resume_command)
 app.command("validate")(validate.validate_command)
@@ -29,7 +31,9 @@ app.add_typer(validate.plugins_app, name="plugins")
 
 
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr.")) -> None:
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress to stderr."),
+) -> None:
     setup_logging(verbose)
 
 

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from elspeth_core.errors import ElspethError
 
@@ -30,9 +31,9 @@ T = TypeVar("T")
 
 
 def fail(message: str, hint: str | None, code: int) -> typer.Exit:
-    err.print(f"[bold red]Error:[/] {message}", markup=True)
+    err.print(f"[bold red]Error:[/] {escape(message)}", markup=True)
     if hint:
-        err.print(f"[yellow]Hint:[/] {hint}", markup=True)
+        err.print(f"[yellow]Hint:[/] {escape(hint)}", markup=True)
     return typer.Exit(code)
 
 

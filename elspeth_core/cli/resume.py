@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from elspeth_core.checkpoint import CheckpointManager, RecoveryManager
+from elspeth_core.checkpoint.recovery import lease_is_live
 from elspeth_core.cli.common import (
     DEFAULT_DATABASE,
     EXIT_RUN_FAILED,
@@ -20,6 +21,7 @@ from elspeth_core.cli.run import landscape_url, report
 from elspeth_core.config import load_settings
 from elspeth_core.engine.faults import FaultInjector
 from elspeth_core.engine.orchestrator import Orchestrator
+from elspeth_core.errors import RunInProgress, RunNotFound
 from elspeth_core.landscape import LandscapeDB
 
 
@@ -47,12 +49,18 @@ def resume_command(
                 faults=FaultInjector.from_env(),
             )
             if force_new:
+                _refuse_force_new_on_live_run(orchestrator, run_id)
                 if not execute:
-                    out.print(f"Would start a fresh run from run {run_id}'s settings; add --execute.")
+                    out.print(
+                        f"Would start a fresh run from run {run_id}'s settings; add --execute."
+                    )
                     return
                 result = orchestrator.force_new(run_id, loaded)
             elif not execute:
                 plan = RecoveryManager(db, orchestrator.checkpoints).plan(run_id)
+                if loaded is not None:  # the dry run refuses what --execute would refuse
+                    orchestrator.settings_for_resume(orchestrator.queries.get_run(run_id) or {},
+                                                     loaded)
                 _show_plan(plan.as_dict(), as_json)
                 return
             else:
@@ -64,14 +72,26 @@ def resume_command(
             raise typer.Exit(EXIT_RUN_FAILED)
 
 
+def _refuse_force_new_on_live_run(orchestrator: Orchestrator, run_id: str) -> None:
+    run = orchestrator.queries.get_run(run_id)
+    if run is None:
+        raise RunNotFound(run_id)
+    if lease_is_live(run):
+        raise RunInProgress(run_id, str(run["lease_owner"]), str(run["lease_expires_at"]))
+
+
 def _show_plan(plan: dict, as_json: bool) -> None:
     if as_json:
         emit_json({"resume_plan": plan})
         return
     out.print(f"Run {plan['run_id']} ({plan['status']}) can be resumed:")
-    out.print(f"  checkpoint sequence  {plan['checkpoint_sequence']} (row {plan['checkpoint_row_id']})")
-    out.print(f"  rows recorded        {plan['rows_recorded']}"
-              f"{' (source fully read)' if plan['source_exhausted'] else ''}")
+    out.print(
+        f"  checkpoint sequence  {plan['checkpoint_sequence']} (row {plan['checkpoint_row_id']})"
+    )
+    out.print(
+        f"  rows recorded        {plan['rows_recorded']}"
+        f"{' (source fully read)' if plan['source_exhausted'] else ''}"
+    )
     out.print(f"  unprocessed rows     {plan['unprocessed_rows']}")
     out.print(f"  batches to retry     {len(plan['batches_to_retry'])}")
     out.print(f"  open batches         {len(plan['draft_batches'])}")

@@ -9,10 +9,19 @@ from typing import Any
 
 import typer
 
-from elspeth_core.cli.common import EXIT_RUN_FAILED, EXIT_USAGE, cli_errors, emit_json, err, out
+from elspeth_core.cli.checks import check_pipeline
+from elspeth_core.cli.common import (
+    EXIT_RUN_FAILED,
+    EXIT_USAGE,
+    cli_errors,
+    emit_json,
+    err,
+    fail,
+    out,
+)
 from elspeth_core.cli.progress import RichProgress
 from elspeth_core.config import LoadedSettings, load_settings
-from elspeth_core.dag import ExecutionGraph, build_graph
+from elspeth_core.dag import ExecutionGraph
 from elspeth_core.engine.faults import FaultInjector
 from elspeth_core.engine.orchestrator import Orchestrator, RunResult
 from elspeth_core.landscape import LandscapeDB
@@ -27,7 +36,7 @@ def run_command(
     """Run a pipeline. Without --execute, print the plan and exit 1."""
     with cli_errors():
         loaded = load_settings(settings)
-        graph = build_graph(loaded.settings)
+        graph = check_pipeline(loaded)  # nothing is created for a pipeline that cannot run
         if dry_run or not execute:
             show_plan(loaded, graph, as_json)
             if not dry_run:
@@ -37,7 +46,7 @@ def run_command(
         result = execute_run(loaded, as_json)
         report(result, as_json)
         if result.status != "completed":
-            raise typer.Exit(EXIT_RUN_FAILED)
+            raise fail_run(result)
 
 
 def landscape_url(loaded: LoadedSettings) -> str:
@@ -82,6 +91,16 @@ def show_plan(loaded: LoadedSettings, graph: ExecutionGraph, as_json: bool) -> N
     out.print(f"  sinks       {', '.join(f'{k} ({v})' for k, v in plan['sinks'].items())}")
     out.print(f"  output_sink {plan['output_sink']}")
     out.print(f"  landscape   {plan['landscape']}")
+
+
+def fail_run(result: RunResult) -> typer.Exit:
+    """A run that ended failed: one line on stderr with the reason and where to look."""
+    return fail(
+        f"run {result.run_id} failed: {result.failed} failure(s) "
+        f"({', '.join(f'{k} {v}' for k, v in sorted(result.outcomes.items()))})",
+        f"See 'elspeth runs show {result.run_id}' and the transform_errors table.",
+        EXIT_RUN_FAILED,
+    )
 
 
 def report(result: RunResult, as_json: bool) -> None:

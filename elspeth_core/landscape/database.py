@@ -37,7 +37,7 @@ class LandscapeDB:
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = _make_engine(url, create=create)
         self.dialect = self.engine.dialect.name
         try:
             self._ensure_schema(create)
@@ -73,9 +73,16 @@ class LandscapeDB:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        """A connection inside one transaction, committed on success, rolled back on error."""
-        with self.engine.begin() as conn:
-            yield conn
+        """A write transaction, committed on success, rolled back on error.
+
+        On SQLite it starts with BEGIN IMMEDIATE (the write lock up front), so two writers queue
+        on the busy timeout instead of one failing when it upgrades a read lock. Reads through
+        ``connect()`` never take the write lock.
+        """
+        with self.engine.connect() as conn:
+            conn = conn.execution_options(elspeth_write=True)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -100,7 +107,7 @@ def _safe_url(url: str) -> str:
         return url
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, *, create: bool) -> Engine:
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -108,6 +115,11 @@ def _make_engine(url: str) -> Engine:
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:":
+            if not create and not Path(database).exists():
+                raise LandscapeError(
+                    f"no landscape found at {_safe_url(url)}",
+                    hint="Check --database / the settings' landscape url.",
+                )
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         if not database or database == ":memory:":
             engine = create_engine(
@@ -128,14 +140,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # Let SQLAlchemy, not pysqlite, decide when transactions start (see _sqlite_begin_immediate).
     dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
 
 def _sqlite_begin_immediate(conn: Connection) -> None:
-    # BEGIN IMMEDIATE takes the write lock up front: two writers queue on the busy timeout instead
-    # of one failing with "database is locked" when it upgrades a read transaction.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Write transactions (LandscapeDB.begin) take the write lock up front; reads use a plain BEGIN.
+    write = conn.get_execution_options().get("elspeth_write", False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
