@@ -17,7 +17,7 @@ from elspeth_core.config import load_settings
 from elspeth_core.dag import build_graph
 from elspeth_core.engine.orchestrator import Orchestrator
 from elspeth_core.landscape import LandscapeDB
-from elspeth_core.plugins import PluginConfig, TransformResult
+from elspeth_core.plugins import BatchStats, PluginConfig, TransformResult
 from elspeth_core.plugins.registry import PluginRegistry
 from tests.support.cli import query
 from tests.support.pipelines import make_csv, outputs, pipeline
@@ -153,3 +153,57 @@ def test_resume_restores_the_draft_batch_with_its_elapsed_age(tmp_path: Path) ->
         assert result.status == "completed"
 
     assert outputs(work) == outputs(reference)
+
+
+class Remembering:
+    """A batch_stats that records what the engine restored for it (the ``on_restore`` hook)."""
+
+    name = "remembering"
+    version = "0.1"
+    config_model = PluginConfig
+    restored: list[dict] = []
+
+    def __init__(self, options: dict | None = None) -> None:
+        self._stats = BatchStats({"value_field": "amount"})
+
+    def aggregate(self, rows: list[dict], output_mode: str) -> list[dict]:
+        return self._stats.aggregate(rows, output_mode)
+
+    def on_restore(self, state: dict) -> None:
+        Remembering.restored.append(state)
+
+
+def test_an_aggregation_plugin_is_told_what_was_restored(tmp_path: Path) -> None:
+    source = make_csv(tmp_path / "in.csv", 22)
+    data = pipeline(
+        tmp_path,
+        source,
+        row_plugins=[{"plugin": "tick"}],
+        frequency="every_row",
+        aggregations=[
+            {
+                "name": "window",
+                "plugin": "remembering",
+                "trigger": {"count": 5},
+                "output_mode": "single",
+            }
+        ],
+    )
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump(data, sort_keys=False))
+    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    crash: dict[str, Any] = {"at": 8}
+    clock = FakeClock()
+    registry = _registry(clock, crash)
+    registry.register(Remembering)
+    with LandscapeDB(url) as db:
+        with pytest.raises(KeyboardInterrupt):
+            Orchestrator(db, registry=registry, clock=clock).run(load_settings(settings))
+        (run_id,) = [r[0] for r in query(tmp_path / "audit.db", "SELECT run_id FROM runs")]
+        Remembering.restored.clear()
+        orchestrator = Orchestrator(db, registry=registry, clock=clock)
+        session = orchestrator.open_for_resume(run_id)
+        node_id = session.graph.aggregations[0].node_id
+        assert Remembering.restored == [session.get_restored_state(node_id)]
+        assert Remembering.restored[0]["count"] == 3  # rows 5, 6, 7 of the second batch
+        assert orchestrator._drive_to_end(session).status == "completed"
