@@ -85,7 +85,9 @@ def _crash_run(work: Path, rows: int = ROWS, **overrides: Any) -> tuple[Path, st
     work.mkdir(parents=True, exist_ok=True)
     data = gate_pipeline(work, _make_input(work, rows), **overrides)
     settings = write_settings(work / "settings.yaml", data)
-    result = run_cli("run", "-s", str(settings), "-x", cwd=work, env={"ELSPETH_FAULT_INJECT": CRASH})
+    result = run_cli(
+        "run", "-s", str(settings), "-x", cwd=work, env={"ELSPETH_FAULT_INJECT": CRASH}
+    )
     assert result.code == -signal.SIGKILL, (result.code, result.stderr)
     (run_id,) = run_ids(work / "audit.db")
     return settings, run_id
@@ -94,7 +96,9 @@ def _crash_run(work: Path, rows: int = ROWS, **overrides: Any) -> tuple[Path, st
 def _snapshot(work: Path, db: Path) -> dict[str, Any]:
     """What a refused command must not change: files, table row counts, runs' status and lease."""
     with closing(sqlite3.connect(db)) as conn:
-        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LANDSCAPE_TABLES}
+        counts = {
+            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LANDSCAPE_TABLES
+        }
         runs = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id").fetchall()
         attempts = conn.execute(
             "SELECT run_id, attempt, status, lease_owner, ended_at FROM run_attempts "
@@ -255,7 +259,7 @@ def test_no_checkpoint_available_when_checkpointing_disabled(tmp_path: Path) -> 
 def test_configuration_mismatch_names_the_difference_and_stays_resumable(
     tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
 ) -> None:
-    settings, run_id = _crash_run(tmp_path)
+    _settings, run_id = _crash_run(tmp_path)
     db = tmp_path / "audit.db"
     other = gate_pipeline(tmp_path, tmp_path / "in.csv")
     other["row_plugins"][0]["options"]["mapping"] = {"status": "state", "note": "remark"}
@@ -271,7 +275,6 @@ def test_configuration_mismatch_names_the_difference_and_stays_resumable(
     assert resumed.code == 0, resumed.stderr
     assert run_ids(db) == [run_id]
     _assert_matches_reference(tmp_path, run_id, completed[2])
-    assert settings.exists()
 
 
 def _rewrite_row(csv_path: Path, index: int) -> None:
@@ -342,16 +345,29 @@ def _start_and_pause(work: Path, rows: int) -> tuple[subprocess.Popen[str], str]
     """
     data = gate_pipeline(work, _make_input(work, rows))
     settings = write_settings(work / "settings.yaml", data)
-    proc = popen_cli("run", "-s", str(settings), "-x", cwd=work)
-    db = work / "audit.db"
+    # A long lease, so that a slow machine cannot let it expire while the process is frozen.
+    proc = popen_cli(
+        "run", "-s", str(settings), "-x", cwd=work, env={"ELSPETH_LEASE_TIMEOUT": "300"}
+    )
+    try:
+        return proc, _pause(proc, work / "audit.db")
+    except BaseException:
+        _kill(proc)
+        raise
+
+
+def _pause(proc: subprocess.Popen[str], db: Path) -> str:
     deadline = time.monotonic() + 60
-    while not run_ids(db):
+    # Touch the database only once it is in WAL mode (its -wal file exists): a reader holding a
+    # lock while the run switches the journal mode would make that switch fail.
+    while not (db.with_name(db.name + "-wal").exists() and run_ids(db)):
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the background run never appeared in the runs table"
         time.sleep(0.02)
     for _ in range(500):
         proc.send_signal(signal.SIGSTOP)
-        while _process_state(proc.pid) != "T":
+        while (state := _process_state(proc.pid)) != "T":
+            assert state != "Z", "the background run ended before it could be paused"
             time.sleep(0.001)
         if _write_lock_free(db):
             break
@@ -361,7 +377,7 @@ def _start_and_pause(work: Path, rows: int) -> tuple[subprocess.Popen[str], str]
         raise AssertionError("could not pause the background run outside a transaction")
     (run_id,) = run_ids(db)
     assert query(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("running",)]
-    return proc, run_id
+    return run_id
 
 
 def _kill(proc: subprocess.Popen[str]) -> None:
@@ -394,11 +410,6 @@ def test_run_already_in_progress_then_resumable_after_its_process_dies(tmp_path:
     assert lines == rows + 2  # every row in exactly one sink, plus the two CSV headers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: 'resume --force-new --execute' does not check the lease: on a live run it starts "
-    "a second run over the same sink files and marks the live run failed under its process",
-)
 def test_force_new_refuses_a_run_in_progress(tmp_path: Path) -> None:
     proc, run_id = _start_and_pause(tmp_path, 5_000)
     db = tmp_path / "audit.db"
@@ -412,11 +423,6 @@ def test_force_new_refuses_a_run_in_progress(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------ refusals that must not happen
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the dry run ignores --settings, so it prints 'can be resumed' for settings that "
-    "'--execute' then refuses with 'Configuration mismatch'",
-)
 def test_dry_run_with_mismatching_settings_reports_the_mismatch(
     crashed: tuple[Path, Path, str], tmp_path: Path
 ) -> None:
@@ -430,15 +436,11 @@ def test_dry_run_with_mismatching_settings_reports_the_mismatch(
     _assert_refused(result, "Configuration mismatch")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a missing SQLite landscape is created (empty file, parent directories) by "
-    "'resume' before it is reported missing",
-)
 def test_resume_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere" / "audit.db"
-    result = run_cli("resume", "01NOSUCHRUN0000000000000000", "-d", _url(missing), "-x",
-                     cwd=tmp_path)
+    result = run_cli(
+        "resume", "01NOSUCHRUN0000000000000000", "-d", _url(missing), "-x", cwd=tmp_path
+    )
     assert result.code != 0
     assert "Traceback" not in result.stderr
     assert "no landscape found" in result.stderr
@@ -465,8 +467,14 @@ def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
     }
     data = gate_pipeline(tmp_path, _make_input(tmp_path), aggregations=[aggregation])
     settings = write_settings(tmp_path / "settings.yaml", data)
-    crashed_run = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path,
-                          env={"ELSPETH_FAULT_INJECT": "batch_executing:1"})
+    crashed_run = run_cli(
+        "run",
+        "-s",
+        str(settings),
+        "-x",
+        cwd=tmp_path,
+        env={"ELSPETH_FAULT_INJECT": "batch_executing:1"},
+    )
     assert crashed_run.code == -signal.SIGKILL, crashed_run.stderr
     (run_id,) = run_ids(tmp_path / "audit.db")
     resumed = run_cli("resume", run_id, "-d", _url(tmp_path / "audit.db"), "-x", cwd=tmp_path)
@@ -474,3 +482,18 @@ def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
     # A passthrough aggregation of one copy changes nothing: the outputs are the plain run's.
     _assert_matches_reference(tmp_path, run_id, completed[2])
 
+
+def test_a_run_superseded_by_force_new_is_not_resumed(tmp_path: Path) -> None:
+    _settings, old_run = _crash_run(tmp_path)
+    db = tmp_path / "audit.db"
+    fresh = run_cli("resume", old_run, "-d", _url(db), "--force-new", "-x", cwd=tmp_path)
+    assert fresh.code == 0, fresh.stderr
+    (new_run,) = [r for r in run_ids(db) if r != old_run]
+    assert query(db, f"SELECT status, superseded_by FROM runs WHERE run_id = '{old_run}'") == [
+        ("failed", new_run)
+    ]
+    before = _snapshot(tmp_path, db)
+    result = run_cli("resume", old_run, "-d", _url(db), "-x", cwd=tmp_path)
+    _assert_unchanged(before, _snapshot(tmp_path, db))
+    reason, _hint = _assert_refused(result, old_run)
+    assert new_run in reason
