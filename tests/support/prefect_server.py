@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 
@@ -83,7 +84,7 @@ class PrefectServer:
         self._extra_env = dict(extra_env or {})
         self._server: subprocess.Popen[bytes] | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
-        self._log_files: list[object] = []
+        self._log_files: list[IO[bytes]] = []
 
     # -- addresses and environment -------------------------------------------------
 
@@ -214,6 +215,28 @@ class PrefectServer:
         self._workers.append(worker)
         return worker
 
+    def create_process_pool(self, name: str) -> None:
+        """Do what `prefect work-pool create NAME --type process` does, in-process.
+
+        Same default base job template as the CLI (`ProcessWorker`'s), without the
+        seconds of CLI start-up.
+        """
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import WorkPoolCreate
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.workers.process import ProcessWorker
+
+        pool = WorkPoolCreate(
+            name=name,
+            type="process",
+            base_job_template=ProcessWorker.get_default_base_job_template(),
+        )
+        with (
+            temporary_settings(updates={PREFECT_API_URL: self.api_url}),
+            get_client(sync_client=True) as client,
+        ):
+            client.create_work_pool(work_pool=pool)
+
     def worker_log(self, name: str) -> Path:
         return self.home / f"{name}.log"
 
@@ -272,7 +295,7 @@ class PrefectServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 root.wait(timeout=5)
         for out in self._log_files:
-            out.close()  # type: ignore[attr-defined]
+            out.close()
         self._log_files.clear()
         self._workers.clear()
         self._server = None
