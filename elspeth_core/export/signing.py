@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -62,8 +63,8 @@ class SignatureChain:
 
     def link(self, index: int, table: str, record_id: str, record: dict[str, Any]) -> str:
         """The signature of the next record; advances the chain."""
-        envelope = {"index": index, "table": table, "id": record_id, "record": record}
-        signature = self._digest(self.previous.encode("ascii") + b"\n" + canonical_json(envelope))
+        envelope = canonical_envelope(index, table, record_id, record)
+        signature = self._digest(self.previous.encode("ascii") + b"\n" + envelope)
         self.previous = signature
         return signature
 
@@ -75,6 +76,34 @@ class SignatureChain:
         if self.key is None:
             return hashlib.sha256(data).hexdigest()
         return hmac.new(self.key, data, hashlib.sha256).hexdigest()
+
+
+def canonical_envelope(index: int, table: str, record_id: str, record: dict[str, Any]) -> bytes:
+    """RFC 8785 of ``{"index", "table", "id", "record"}``, assembled from its parts.
+
+    The same bytes as ``canonical_json`` of the whole envelope (a test checks it), but the flat
+    record takes ``canonical_json``'s fast path instead of the generic serializer: exports of
+    millions of records spend their time here. Keys in RFC 8785 order: id, index, record, table.
+    """
+    return b"".join(
+        (
+            b'{"id":',
+            _canonical_str(record_id),
+            b',"index":',
+            str(index).encode("ascii"),  # a non-negative int below 2**53 is its own canonical form
+            b',"record":',
+            canonical_json(record),
+            b',"table":',
+            _canonical_str(table),
+            b"}",
+        )
+    )
+
+
+def _canonical_str(text: str) -> bytes:
+    # Python's JSON string escaping (ensure_ascii=False) is ECMAScript's, which RFC 8785 uses:
+    # the same equivalence hashing.canonical_json's fast path relies on.
+    return json.dumps(text, ensure_ascii=False).encode("utf-8")
 
 
 def same(a: str, b: str) -> bool:

@@ -47,10 +47,13 @@ def _table(name: str) -> Table:
     return table
 
 
-def record_id(table_name: str, record: Record) -> str:
+def primary_key(table_name: str) -> tuple[str, ...]:
+    return tuple(c.name for c in _table(table_name).primary_key.columns)
+
+
+def record_id(table_name: str, record: Record, key: tuple[str, ...] | None = None) -> str:
     """The record's primary key as one string (composite keys joined with '/')."""
-    table = _table(table_name)
-    return "/".join(str(record[c.name]) for c in table.primary_key.columns)
+    return "/".join(str(record[name]) for name in key or primary_key(table_name))
 
 
 def _query(name: str, run_id: str) -> Any:
@@ -70,9 +73,10 @@ def iter_audit_records(db: LandscapeDB, run_id: str) -> Iterator[tuple[str, str,
     with db.connect() as conn:
         streaming = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS)
         for name in AUDIT_TABLES:
+            key = primary_key(name)
             for row in streaming.execute(_query(name, run_id)).mappings():
-                record = {key: _json_ready(value) for key, value in row.items()}
-                yield name, record_id(name, record), record
+                record = {column: _json_ready(value) for column, value in row.items()}
+                yield name, record_id(name, record, key), record
 
 
 def _json_ready(value: Any) -> Any:
