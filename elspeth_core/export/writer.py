@@ -114,6 +114,28 @@ def export_if_configured(db: LandscapeDB, run_id: str, settings: ElspethSettings
     return export_run(db, run_id, sink.options, export.format, export.sign)
 
 
+def check_export_ready(
+    settings: ElspethSettings, *, environ: Mapping[str, str] | None = None
+) -> None:
+    """Fail before a run starts if its run-end export could not be written.
+
+    Raises:
+        SigningKeyMissing: ``landscape.export.sign`` without ``ELSPETH_SIGNING_KEY``.
+        ExportError: the export sink is missing or has no ``path`` option.
+    """
+    export = settings.landscape.export
+    if not export.enabled:
+        return
+    sink = settings.sinks.get(export.sink or "")
+    if sink is None or not sink.options.get("path"):
+        raise ExportError(
+            f"landscape.export.sink {export.sink!r} is not a sink with a 'path' option",
+            hint="Name one of the settings' sinks (a csv or json sink with a path).",
+        )
+    if export.sign:
+        signing_key(environ, purpose="landscape.export.sign")
+
+
 def _fsync_dir(folder: Path) -> None:
     try:
         fd = os.open(folder, os.O_RDONLY)

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from elspeth_core.config import load_settings
-from elspeth_core.export import export_if_configured
+from elspeth_core.export import SigningKeyMissing, check_export_ready, export_if_configured
 from elspeth_core.landscape import LandscapeDB
 from examples.generate import generate
 from tests.support.cli import gate_pipeline, query, run_cli, run_ids, write_settings
@@ -246,3 +246,13 @@ def test_export_if_configured_writes_the_export_sink(
     result = _verify(work, path)
     assert result.code == 0, result.stderr
     assert f"of run {run_id} (signed" in result.stdout
+
+
+def test_check_export_ready_refuses_before_a_run(tmp_path: Path) -> None:
+    data = gate_pipeline(tmp_path, tmp_path / "in.csv")
+    data["sinks"]["audit"] = {"plugin": "json", "options": {"path": str(tmp_path / "a.jsonl")}}
+    data["landscape"]["export"] = {"enabled": True, "sink": "audit", "sign": True}
+    settings = load_settings(write_settings(tmp_path / "s.yaml", data)).settings
+    with pytest.raises(SigningKeyMissing, match="ELSPETH_SIGNING_KEY is not set"):
+        check_export_ready(settings, environ={})
+    check_export_ready(settings, environ=KEY)  # ready
