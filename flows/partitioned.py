@@ -143,6 +143,19 @@ def run_partitioned(
     return out
 
 
+def _share_api_with_workers() -> None:
+    """Without PREFECT_API_URL, every Dask worker process would start its own temporary Prefect
+    server (10-15 s each, all on one SQLite file); start the temporary server here instead and
+    hand its URL to the workers through the environment they inherit."""
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start()
+    os.environ["PREFECT_API_URL"] = server.api_url
+
+
 def run_on_dask(
     *, settings_path: str | None = None, settings: dict[str, Any] | None = None,
     workers: int = 2, address: str | None = None, partition_rows: int | None = None,
@@ -156,6 +169,7 @@ def run_on_dask(
     os.environ["ELSPETH_DASK_WORKERS"] = str(workers)
     if address:
         os.environ["ELSPETH_DASK_ADDRESS"] = address
+    _share_api_with_workers()
     flow_obj = run_partitioned.with_options(task_runner=_dask_runner())
     return flow_obj(
         settings_path=settings_path, settings=settings, partition_rows=partition_rows,
