@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 
 from elspeth_core.cli.common import DEFAULT_DATABASE, cli_errors, emit_json, out
-from elspeth_core.export import export_run, verify_export
+from elspeth_core.export import verify_export
+from elspeth_core.export.writer import write_export
 from elspeth_core.landscape.access import open_existing
 
 
@@ -23,8 +24,7 @@ def export_command(
 ) -> None:
     """Export a run's audit records (runs, nodes, rows, tokens, states, outcomes, batches, ...)."""
     with cli_errors(), open_existing(database) as db:
-        path = export_run(db, run_id, {"path": str(output)}, fmt, sign)
-        report = verify_export(path) if sign else None
+        path, manifest = write_export(db, run_id, {"path": str(output)}, fmt, sign)
     if as_json:
         emit_json(
             {
@@ -32,12 +32,15 @@ def export_command(
                 "run_id": run_id,
                 "format": fmt,
                 "signed": sign,
-                "records": report.records if report else None,
+                "records": manifest["records"],
+                "tables": manifest["tables"],
+                "key_id": manifest["key_id"],
             }
         )
         return
-    signed = f"signed, {report.records} records" if report else "unsigned"
-    out.print(f"Exported run {run_id} to {path} ({fmt}, {signed})")
+    kind = f"signed, key id {manifest['key_id']}" if sign else "unsigned"
+    out.print(f"Exported {manifest['records']} records of run {run_id} to {path} ({fmt}, {kind})")
+    out.print(f"Check it any time with: elspeth verify {path}")
 
 
 def verify_command(

@@ -50,6 +50,19 @@ def export_run(
         ExportError: no ``path`` option, or an unknown format.
         RunNotFound: no such run.
     """
+    return write_export(db, run_id, sink_options, format, sign, environ=environ)[0]
+
+
+def write_export(
+    db: LandscapeDB,
+    run_id: str,
+    sink_options: Mapping[str, Any],
+    format: str = "json",  # noqa: A002 - the settings key is called format
+    sign: bool = False,
+    *,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """``export_run``, also returning the manifest written (record counts, algorithm, key ID)."""
     if format not in FORMATS:
         raise ExportError(f"unknown export format {format!r} (use json or csv)")
     raw_path = sink_options.get("path")
@@ -67,7 +80,7 @@ def export_run(
     chain = SignatureChain(key)
     try:
         with open(partial, "w", encoding="utf-8", newline="") as handle:
-            _write(ExportWriter(handle, format), chain, db, run_id)
+            manifest = _write(ExportWriter(handle, format), chain, db, run_id)
             handle.flush()
             os.fsync(handle.fileno())
     except BaseException:
@@ -75,10 +88,12 @@ def export_run(
         raise
     os.replace(partial, path)
     _fsync_dir(path.parent)
-    return path
+    return path, manifest
 
 
-def _write(writer: ExportWriter, chain: SignatureChain, db: LandscapeDB, run_id: str) -> None:
+def _write(
+    writer: ExportWriter, chain: SignatureChain, db: LandscapeDB, run_id: str
+) -> dict[str, Any]:
     tables: Counter[str] = Counter()
     for index, (table, record_id, record) in enumerate(iter_audit_records(db, run_id)):
         writer.record(index, table, record_id, record, chain.link(index, table, record_id, record))
@@ -95,6 +110,7 @@ def _write(writer: ExportWriter, chain: SignatureChain, db: LandscapeDB, run_id:
         "chain_head": chain.previous,
     }
     writer.manifest(manifest, chain.seal(manifest))
+    return manifest
 
 
 def export_if_configured(db: LandscapeDB, run_id: str, settings: ElspethSettings) -> Path | None:

@@ -104,6 +104,19 @@ def test_signed_json_export_holds_every_record_and_verifies(run: tuple[Path, str
     )[0]
     assert (state["record"]["status"], state["record"]["input_hash"]) == (status, digest)
 
+    reported = run_cli(
+        "export",
+        run_id,
+        "--output",
+        str(path),
+        "--sign",
+        "--json",
+        "-d",
+        f"sqlite:///{work / 'audit.db'}",
+        cwd=work,
+        env=KEY,
+    )
+    assert json.loads(reported.stdout)["records"] == len(records)
     verified = _verify(work, path)
     assert verified.code == 0, verified.stderr
     assert verified.stdout.startswith(f"verified {len(records)} records of run {run_id} (signed")
