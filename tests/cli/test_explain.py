@@ -151,6 +151,14 @@ def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
     ]
     assert doc["truncated"] is False
 
+    # The same token asked for directly: the same lineage, with the token as the focus.
+    by_token = explain_json(work, "--run", run_id, "--token", token["token_id"])
+    assert by_token["focus_token_id"] == token["token_id"]
+    assert by_token["row"]["row_id"] == row_id
+    (focus,) = by_token["tokens"]
+    assert focus["relation"] == "focus"
+    assert focus["node_states"] == token["node_states"] and focus["routing"] == token["routing"]
+
 
 def test_explain_tree_on_a_terminal_names_gates_sink_line_and_payload(
     completed: tuple[Path, str],
