@@ -43,10 +43,15 @@ def _flow(work: Path, settings: Path, workers: int) -> float:
         f"r = run_on_dask(settings=s, workers={workers}); "
         "print('ELAPSED', time.perf_counter() - t, r['status'], r['partitions'])"
     )
-    env = dict(os.environ, DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                         text=True, check=True).stdout
+    env = dict(
+        os.environ,
+        DO_NOT_TRACK="1",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    ).stdout
     line = next(x for x in out.splitlines() if x.startswith("ELAPSED"))
     _, seconds, status, _parts = line.split()
     assert status == "completed", out
@@ -74,8 +79,12 @@ def main() -> None:
         settings.write_text(yaml.safe_dump(_settings(work, source, args.rounds)))
         if mode == "cli":
             started = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "elspeth_core.cli.app", "run", "-s",
-                            str(settings), "-x"], cwd=ROOT, check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "elspeth_core.cli.app", "run", "-s", str(settings), "-x"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+            )
             timings[mode] = time.perf_counter() - started
         else:
             timings[mode] = _flow(work, settings, int(mode.split("-")[1]))
@@ -88,8 +97,11 @@ def main() -> None:
         "speedup_2_over_1_workers": round(timings["dask-1"] / timings["dask-2"], 2),
         "dask_2_over_cli": round(timings["cli"] / timings["dask-2"], 2),
         "outputs_identical": identical,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "loadavg": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg": os.getloadavg(),
+        },
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     out = ROOT / "benchmarks" / "results" / "dask_speedup.json"

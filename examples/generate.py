@@ -1,6 +1,6 @@
 """Deterministic input generator for the examples, tests and benchmarks.
 
-    python examples/generate.py OUT.csv ROWS [--seed N] [--bad-every N]
+python examples/generate.py OUT.csv ROWS [--seed N] [--bad-every N]
 """
 
 from __future__ import annotations

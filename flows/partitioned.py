@@ -44,14 +44,24 @@ compute_partition = task(name="compute-partition")(compute_partition_rows)
 def publish_partition(session: RunSession, staged: dict[str, Any]) -> None:
     """Apply one computed partition to the run, in order: sinks, then one landscape commit."""
     if session.rows_ingested != staged["start"]:
-        raise RuntimeError(f"partition at {staged['start']} published out of order "
-                           f"(run is at {session.rows_ingested})")
+        raise RuntimeError(
+            f"partition at {staged['start']} published out of order "
+            f"(run is at {session.rows_ingested})"
+        )
     with open(staged["path"], "rb") as handle:
         pieces = pickle.load(handle)
     for records, sink_rows in pieces:
         _renumber_sink_lines(session, records)
-        for name in ("rows", "tokens", "token_parents", "node_states", "routing_events",
-                     "token_outcomes", "validation_errors", "transform_errors"):
+        for name in (
+            "rows",
+            "tokens",
+            "token_parents",
+            "node_states",
+            "routing_events",
+            "token_outcomes",
+            "validation_errors",
+            "transform_errors",
+        ):
             getattr(session.records, name).extend(getattr(records, name))
         for sink, rows in sink_rows.items():
             session._sink_rows[sink].extend(rows)
@@ -81,8 +91,14 @@ def _dask_runner() -> DaskTaskRunner:
     if address:
         return DaskTaskRunner(address=address)
     workers = int(os.environ.get("ELSPETH_DASK_WORKERS", "2"))
-    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1,
-                                          "processes": True, "dashboard_address": None})
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": workers,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
 
 
 @flow(name="run_pipeline_partitioned", log_prints=True, task_runner=_dask_runner())
@@ -117,8 +133,17 @@ def run_partitioned(
     try:
         while True:
             while len(futures) < window:
-                futures.append(compute_partition.submit(
-                    resolved, run_id, session.settings_hash, index, next_start, size, str(staging)))
+                futures.append(
+                    compute_partition.submit(
+                        resolved,
+                        run_id,
+                        session.settings_hash,
+                        index,
+                        next_start,
+                        size,
+                        str(staging),
+                    )
+                )
                 index += 1
                 next_start += size
             staged = futures.pop(0).result()
@@ -138,8 +163,13 @@ def run_partitioned(
     out["partitions"] = index
     out["partition_rows"] = size
     _summary_artifact({**out, "chunk_tasks": index})
-    logger.info("ELSPETH run %s %s in %.1f s over %d partitions", run_id, result.status,
-                time.perf_counter() - t0, index)
+    logger.info(
+        "ELSPETH run %s %s in %.1f s over %d partitions",
+        run_id,
+        result.status,
+        time.perf_counter() - t0,
+        index,
+    )
     return out
 
 
@@ -157,8 +187,12 @@ def _share_api_with_workers() -> None:
 
 
 def run_on_dask(
-    *, settings_path: str | None = None, settings: dict[str, Any] | None = None,
-    workers: int = 2, address: str | None = None, partition_rows: int | None = None,
+    *,
+    settings_path: str | None = None,
+    settings: dict[str, Any] | None = None,
+    workers: int = 2,
+    address: str | None = None,
+    partition_rows: int | None = None,
 ) -> dict[str, Any]:
     """Run ``run_partitioned`` on a local Dask cluster of ``workers`` processes, or at ``address``.
 
@@ -172,6 +206,8 @@ def run_on_dask(
     _share_api_with_workers()
     flow_obj = run_partitioned.with_options(task_runner=_dask_runner())
     return flow_obj(
-        settings_path=settings_path, settings=settings, partition_rows=partition_rows,
+        settings_path=settings_path,
+        settings=settings,
+        partition_rows=partition_rows,
         workers=workers,
     )

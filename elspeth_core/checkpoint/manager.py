@@ -20,7 +20,9 @@ class CheckpointManager:
         self._queries = LandscapeQueries(db)
         self._recorder = LandscapeRecorder(db)
 
-    def create_checkpoint(self, checkpoint: dict[str, Any], *, owner: str, lease_seconds: float) -> None:
+    def create_checkpoint(
+        self, checkpoint: dict[str, Any], *, owner: str, lease_seconds: float
+    ) -> None:
         """Record a checkpoint on its own (fenced by the run's lease); older ones are superseded."""
         records = ChunkRecords(checkpoint=checkpoint)
         self._recorder.commit_chunk(

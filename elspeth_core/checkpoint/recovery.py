@@ -151,7 +151,10 @@ class RecoveryManager:
             unprocessed_rows=self.get_unprocessed_rows(run_id),
             batches_to_retry=[b for b in incomplete if b["status"] in ("executing", "failed")],
             draft_batches=[b for b in incomplete if b["status"] == "draft"],
-            lease={"owner": run.get("lease_owner"), "expires_at": _iso(run.get("lease_expires_at"))},
+            lease={
+                "owner": run.get("lease_owner"),
+                "expires_at": _iso(run.get("lease_expires_at")),
+            },
         )
 
 

@@ -59,8 +59,9 @@ def resume_command(
             elif not execute:
                 plan = RecoveryManager(db, orchestrator.checkpoints).plan(run_id)
                 if loaded is not None:  # the dry run refuses what --execute would refuse
-                    orchestrator.settings_for_resume(orchestrator.queries.get_run(run_id) or {},
-                                                     loaded)
+                    orchestrator.settings_for_resume(
+                        orchestrator.queries.get_run(run_id) or {}, loaded
+                    )
                 _show_plan(plan.as_dict(), as_json)
                 return
             else:

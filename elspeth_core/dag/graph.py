@@ -96,14 +96,20 @@ def build_graph(settings: Any) -> ExecutionGraph:
     _check_sink_names(sinks_cfg)
     seq = 0
     source = _node(
-        "source", "source", settings.datasource.plugin, dict(settings.datasource.options), seq,
+        "source",
+        "source",
+        settings.datasource.plugin,
+        dict(settings.datasource.options),
+        seq,
         settings.datasource,
     )
     transforms = []
     for index, cfg in enumerate(settings.row_plugins):
         seq += 1
         options = {**dict(cfg.options), "on_error": cfg.on_error, "position": index}
-        transforms.append(_node("transform", f"{cfg.plugin}_{index}", cfg.plugin, options, seq, cfg))
+        transforms.append(
+            _node("transform", f"{cfg.plugin}_{index}", cfg.plugin, options, seq, cfg)
+        )
     aggregations = []
     for cfg in settings.aggregations:
         seq += 1
@@ -134,20 +140,47 @@ def build_graph(settings: Any) -> ExecutionGraph:
             key="output_sink",
         )
     edges = _edges(source, transforms, aggregations, gates, coalesces, sinks, settings)
-    _check_acyclic([n.node_id for n in [source, *transforms, *aggregations, *gates,
-                                         *coalesces.values(), *sinks.values()]], edges)
+    _check_acyclic(
+        [
+            n.node_id
+            for n in [
+                source,
+                *transforms,
+                *aggregations,
+                *gates,
+                *coalesces.values(),
+                *sinks.values(),
+            ]
+        ],
+        edges,
+    )
     topology = stable_hash(
         {
-            "nodes": [[n.node_id, n.node_type, n.plugin_name, n.config_hash] for n in
-                      [source, *transforms, *aggregations, *gates, *coalesces.values(),
-                       *sinks.values()]],
+            "nodes": [
+                [n.node_id, n.node_type, n.plugin_name, n.config_hash]
+                for n in [
+                    source,
+                    *transforms,
+                    *aggregations,
+                    *gates,
+                    *coalesces.values(),
+                    *sinks.values(),
+                ]
+            ],
             "edges": sorted([e.from_node_id, e.to_node_id, e.label, e.mode] for e in edges),
             "output_sink": settings.output_sink,
         }
     )
     return ExecutionGraph(
-        source, tuple(transforms), tuple(aggregations), tuple(gates), coalesces, sinks,
-        tuple(edges), settings.output_sink, topology,
+        source,
+        tuple(transforms),
+        tuple(aggregations),
+        tuple(gates),
+        coalesces,
+        sinks,
+        tuple(edges),
+        settings.output_sink,
+        topology,
     )
 
 
@@ -169,7 +202,10 @@ def _edges(
     settings: Any,
 ) -> list[Edge]:
     chain = [source, *transforms, *aggregations]
-    edges = [Edge(a.node_id, b.node_id, "continue", "move") for a, b in zip(chain, chain[1:])]
+    edges = [
+        Edge(a.node_id, b.node_id, "continue", "move")
+        for a, b in zip(chain, chain[1:], strict=False)
+    ]
     output = sinks[settings.output_sink]
     last = chain[-1]
     for position, gate in enumerate(gates):
@@ -230,8 +266,9 @@ def _gate_edges(
         elif dest == "fork":
             branches = cfg.fork_to or []
             if not branches:
-                raise ConfigError(f"gate '{cfg.name}' routes to fork but has no fork_to",
-                                  key=f"{key}.fork_to")
+                raise ConfigError(
+                    f"gate '{cfg.name}' routes to fork but has no fork_to", key=f"{key}.fork_to"
+                )
             for branch in branches:
                 kind, name = _branch_target(branch, coalesces, sinks, cfg.name, key)
                 target = coalesces[name] if kind == "coalesce" else sinks[name]

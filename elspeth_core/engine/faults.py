@@ -32,7 +32,9 @@ class FaultInjector:
         if plan:
             point, _, count = plan.partition(":")
             if point not in CRASH_POINTS:
-                raise ValueError(f"unknown crash point {point!r} (known: {', '.join(CRASH_POINTS)})")
+                raise ValueError(
+                    f"unknown crash point {point!r} (known: {', '.join(CRASH_POINTS)})"
+                )
             self._point = point
             self._remaining = int(count or 1)
 

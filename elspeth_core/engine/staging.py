@@ -44,16 +44,27 @@ class StagingSession(RunSession):
 
 
 def compute_partition_rows(
-    settings: dict[str, Any], run_id: str, config_hash: str, index: int, start: int, size: int,
+    settings: dict[str, Any],
+    run_id: str,
+    config_hash: str,
+    index: int,
+    start: int,
+    size: int,
     staging_dir: str,
 ) -> dict[str, Any]:
     """Compute rows [start, start + size) into a staging file; returns its path and counts."""
     loaded = load_settings_from_dict(settings, source_name=f"run {run_id}")
     graph = build_graph(loaded.settings)
     session = StagingSession(
-        run_id=run_id, settings=loaded.settings, graph=graph, recorder=None,  # type: ignore[arg-type]
-        registry=PluginRegistry.builtin(), payloads=PayloadStore(loaded.settings.payload_store.base_path),
-        owner="staging", lease_seconds=0.0, attempt=PARTITION_PACK_BASE + index,
+        run_id=run_id,
+        settings=loaded.settings,
+        graph=graph,
+        recorder=None,  # type: ignore[arg-type]
+        registry=PluginRegistry.builtin(),
+        payloads=PayloadStore(loaded.settings.payload_store.base_path),
+        owner="staging",
+        lease_seconds=0.0,
+        attempt=PARTITION_PACK_BASE + index,
         config_hash=config_hash,
     )
     try:
@@ -61,8 +72,9 @@ def compute_partition_rows(
         session.rows_ingested = start
         session.process_rows(size)
         if session.pending_joins:
-            raise ConfigError("a join is still waiting at a partition boundary; run this "
-                              "pipeline without Dask")
+            raise ConfigError(
+                "a join is still waiting at a partition boundary; run this pipeline without Dask"
+            )
         path = Path(staging_dir) / f"{start:012d}.pkl"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
@@ -70,9 +82,11 @@ def compute_partition_rows(
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        return {"path": str(path), "start": start, "rows": session.rows_ingested - start,
-                "exhausted": session.source_exhausted}
+        return {
+            "path": str(path),
+            "start": start,
+            "rows": session.rows_ingested - start,
+            "exhausted": session.source_exhausted,
+        }
     finally:
         session.close()
-
-

@@ -73,7 +73,9 @@ class LandscapeQueries:
 
     def _count(self, table: Any, cond: Any) -> int:
         with self.db.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(table).where(cond)).scalar_one())
+            return int(
+                conn.execute(select(func.count()).select_from(table).where(cond)).scalar_one()
+            )
 
     def iter_row_hashes(self, run_id: str, batch: int = 10_000) -> Iterator[tuple[int, str]]:
         """(row_index, source_data_hash) of recorded rows in source order, streamed in pages."""

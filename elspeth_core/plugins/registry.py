@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from elspeth_core.errors import ConfigError
 from elspeth_core.plugins.aggregations import BatchReplicate, BatchStats
 from elspeth_core.plugins.database_sink import DatabaseSink
+from elspeth_core.plugins.pseudonymize import Pseudonymize
 from elspeth_core.plugins.sinks import CsvSink, JsonSink
 from elspeth_core.plugins.sources import CsvSource, JsonSource, NullSource
 from elspeth_core.plugins.transforms import (
@@ -27,7 +28,6 @@ from elspeth_core.plugins.transforms import (
     Passthrough,
     Truncate,
 )
-from elspeth_core.plugins.pseudonymize import Pseudonymize
 
 ENTRY_POINT_GROUP = "elspeth.plugins"
 KINDS = ("source", "transform", "aggregation", "sink")

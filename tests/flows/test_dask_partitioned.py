@@ -12,7 +12,6 @@ import pytest
 
 from examples.generate import generate
 from tests.support.cli import gate_pipeline, run_cli, sink_files, url_invariants, write_settings
-from tests.support.prefect_fixtures import prefect_harness  # noqa: F401 - fixture
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 ROWS = 6_000

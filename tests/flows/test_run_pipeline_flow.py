@@ -11,7 +11,6 @@ import pytest
 from examples.generate import generate
 from tests.support.cli import assert_landscape_invariants, gate_pipeline, query, run_ids
 from tests.support.flow_runs import count_task_runs, read_run_artifacts
-from tests.support.prefect_fixtures import prefect_harness  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.prefect
 
@@ -29,8 +28,10 @@ async def _artifacts_and_tasks(flow_run_id: str) -> tuple[list, int]:
     from prefect.client.orchestration import get_client
 
     async with get_client() as client:
-        return (await read_run_artifacts(client, flow_run_id),
-                await count_task_runs(client, flow_run_id))
+        return (
+            await read_run_artifacts(client, flow_run_id),
+            await count_task_runs(client, flow_run_id),
+        )
 
 
 def test_flow_run_completes_and_is_linked(prefect_harness: float, tmp_path: Path) -> None:
@@ -73,13 +74,17 @@ def test_failed_rows_fail_the_flow_run_with_the_reason(
     from flows.run_pipeline import run_pipeline
 
     source = tmp_path / "in.jsonl"
-    source.write_text("\n".join(
-        json.dumps({"id": i, "amount": i * 1.5} if i % 10 else {"id": i}) for i in range(200)
-    ) + "\n")
+    source.write_text(
+        "\n".join(
+            json.dumps({"id": i, "amount": i * 1.5} if i % 10 else {"id": i}) for i in range(200)
+        )
+        + "\n"
+    )
     settings = {
         "datasource": {"plugin": "json", "options": {"path": str(source)}},
-        "row_plugins": [{"plugin": "field_mapper",
-                         "options": {"mapping": {"amount": "value"}, "strict": True}}],
+        "row_plugins": [
+            {"plugin": "field_mapper", "options": {"mapping": {"amount": "value"}, "strict": True}}
+        ],
         "sinks": {"out": {"plugin": "json", "options": {"path": str(tmp_path / "out.jsonl")}}},
         "output_sink": "out",
         "landscape": {"url": f"sqlite:///{tmp_path / 'audit.db'}"},

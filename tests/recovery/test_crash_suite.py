@@ -154,8 +154,9 @@ def test_random_sigkill_instants(
     kills = kills_with_run = 0
     while kills < 24:
         ids = url_run_ids(landscape)
-        args = (["resume", ids[0], "-d", landscape, "-x"] if ids
-                else ["run", "-s", str(settings), "-x"])
+        args = (
+            ["resume", ids[0], "-d", landscape, "-x"] if ids else ["run", "-s", str(settings), "-x"]
+        )
         proc = popen_cli(*args, cwd=tmp_path)
         try:
             proc.wait(timeout=rng.uniform(0.6, 1.1) * startup + rng.uniform(0.0, 0.06) * full)
