@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from typing import Any
 
 import rfc8785
@@ -19,40 +20,58 @@ from elspeth_core.errors import CanonicalizationError
 CANONICAL_VERSION = "sha256-rfc8785-v1"
 
 _SAFE_INT = 2**53 - 1
+_MAX_FAST_DEPTH = 8
+_STR = frozenset({str})
+_AT_OR_ABOVE_SURROGATES = re.compile("[\ud800-\U0010ffff]")
 _json_fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
-def _fast_path_ok(value: Any) -> bool:
-    """True when Python's json output is already RFC 8785 canonical for this value.
+def _fast_path_ok(value: Any, depth: int = 0) -> bool:
+    """True when Python's json output is RFC 8785 canonical for ``value``, strings aside.
 
-    That holds for flat dicts of str/bool/None/small-int/mid-range-float values whose keys and strings stay in the
-    Basic Multilingual Plane below the surrogates (sort order by code point equals UTF-16 order
-    there) and contain no U+2028/U+2029 edge cases (both encoders write those literally).
+    That holds for dicts (str keys) and lists, nested up to ``_MAX_FAST_DEPTH``, of str, bool,
+    None, integers within +/-(2**53 - 1) and non-integral floats with 1e-4 <= |x| < 1e15: Python's
+    repr of such a float equals ECMAScript's Number-to-string (no exponent in either, same
+    shortest round-trip digits). Strings (keys included) are checked on the encoded text by the
+    caller: sort order by code point equals UTF-16 order, and both encoders escape the same
+    characters the same way, as long as no character is at or above U+D800.
     """
-    if type(value) is not dict:
-        return False
-    for key, item in value.items():
-        if type(key) is not str or not _bmp(key):
+    kind = type(value)
+    if kind is dict:
+        if not set(map(type, value)) <= _STR:
             return False
+        items: Any = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return False
+    for item in items:
         kind = type(item)
-        if kind is str:
-            if not _bmp(item):
-                return False
-        elif kind is int:
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
             if not -_SAFE_INT <= item <= _SAFE_INT:
                 return False
         elif kind is float:
-            # Python's repr equals ECMAScript's Number-to-string for non-integral values in this
-            # range (no exponent in either, same shortest round-trip digits).
             if item.is_integer() or not 1e-4 <= abs(item) < 1e15:
                 return False
-        elif item is not None and kind is not bool:
+        elif kind is dict or kind is list:
+            if depth >= _MAX_FAST_DEPTH or not _fast_path_ok(item, depth + 1):
+                return False
+        else:
             return False
     return True
 
 
-def _bmp(text: str) -> bool:
-    return text.isascii() or max(text) < "\ud800"
+def _below_surrogates(text: str) -> bool:
+    """No character at or above U+D800 (cheapest tests first: isascii() is O(1) in CPython)."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return _AT_OR_ABOVE_SURROGATES.search(text) is None
+    return True
 
 
 def canonical_json(value: Any) -> bytes:
@@ -62,7 +81,9 @@ def canonical_json(value: Any) -> bytes:
         CanonicalizationError: for NaN, +/-Infinity or a type JSON cannot represent.
     """
     if _fast_path_ok(value):
-        return _json_fast(value).encode("utf-8")
+        text = _json_fast(value)
+        if _below_surrogates(text):
+            return text.encode("utf-8")
     try:
         return rfc8785.dumps(value)
     except (rfc8785.FloatDomainError, ValueError) as exc:

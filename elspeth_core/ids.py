@@ -21,18 +21,19 @@ class IdGenerator:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._last_ms = -1
+        self._prefix = ""
         self._suffix = 0
 
     def new(self) -> str:
         with self._lock:
             now = time.time_ns() // 1_000_000
-            if now <= self._last_ms:
-                self._suffix += 1
-                now = self._last_ms
-            else:
+            if now > self._last_ms:
                 self._last_ms = now
+                self._prefix = f"{now:012x}"  # formatted once per millisecond, not per ID
                 self._suffix = int.from_bytes(os.urandom(8), "big") >> 8
-            return f"{now:012x}{self._suffix:016x}"
+            else:  # same millisecond, or the clock stepped back: keep counting up
+                self._suffix += 1
+            return f"{self._prefix}{self._suffix:016x}"
 
 
 _default = IdGenerator()

@@ -24,9 +24,12 @@ class PayloadIntegrityError(ElspethError):
     """A stored payload no longer matches the hash recorded for it."""
 
 
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def encode_payload(value: Any) -> bytes:
     """Type-preserving JSON (1.0 stays a float) — unlike canonical JSON, which is only for hashing."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _encode_json(value).encode()
 
 
 class PayloadStore:

@@ -16,16 +16,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import ClauseElement
 
 from elspeth_core.errors import LandscapeError, LeaseLostError, RunInProgress, RunNotFound
 from elspeth_core.ids import new_id
 from elspeth_core.landscape import schema as t
 from elspeth_core.landscape.database import LandscapeDB
 from elspeth_core.landscape.records import ChunkRecords, Record
+from elspeth_core.landscape.statements import CompiledStatement
 
 BATCH_STATUSES = ("draft", "executing", "completed", "failed")
 
@@ -39,7 +42,20 @@ class LandscapeRecorder:
 
     def __init__(self, db: LandscapeDB) -> None:
         self.db = db
-        self._insert_plans: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._statements: dict[tuple[Any, ...], CompiledStatement] = {}
+
+    def _compiled(
+        self,
+        key: tuple[Any, ...],
+        build: Callable[[], ClauseElement],
+        column_keys: Sequence[str] | None = None,
+    ) -> CompiledStatement:
+        """The statement for ``key``, compiled on first use (``build`` makes it)."""
+        found = self._statements.get(key)
+        if found is None:
+            found = CompiledStatement(build(), self.db.engine.dialect, column_keys)
+            self._statements[key] = found
+        return found
 
     # ------------------------------------------------------------------ runs and leases
     def begin_run(
@@ -131,9 +147,7 @@ class LandscapeRecorder:
                 update(t.runs).where(and_(t.runs.c.run_id == run_id, free)).values(**values)
             )
             if result.rowcount != 1:
-                raise RunInProgress(
-                    run_id, str(row["lease_owner"]), _iso(row["lease_expires_at"])
-                )
+                raise RunInProgress(run_id, str(row["lease_owner"]), _iso(row["lease_expires_at"]))
             attempt = (
                 conn.execute(
                     select(func.max(t.run_attempts.c.attempt)).where(
@@ -181,11 +195,16 @@ class LandscapeRecorder:
         self, conn: Connection, run_id: str, owner: str, lease_seconds: float, **values: Any
     ) -> None:
         now = utcnow()
-        result = conn.execute(
-            update(t.runs)
-            .where(and_(t.runs.c.run_id == run_id, t.runs.c.lease_owner == owner))
-            .values(heartbeat_at=now, lease_expires_at=now + timedelta(seconds=lease_seconds), **values)
-        )
+        names = tuple(sorted(values))
+        params = {
+            "w_run_id": run_id,
+            "w_owner": owner,
+            "v_heartbeat_at": now,
+            "v_lease_expires_at": now + timedelta(seconds=lease_seconds),
+            **{f"v_{name}": value for name, value in values.items()},
+        }
+        statement = self._compiled(("fence", names), partial(_fence_update, names))
+        result = statement.execute(conn, params)
         if result.rowcount != 1:
             raise LeaseLostError(
                 f"lease on run {run_id} lost: another process took it over",
@@ -323,72 +342,52 @@ class LandscapeRecorder:
                 self._bulk_insert(conn, table, values)
 
     def _bulk_insert(self, conn: Connection, table: Any, values: list[Record]) -> None:
-        """executemany of a statement SQLAlchemy compiled once per table and column set.
+        """One executemany of an INSERT compiled once per table and column set.
 
         ``conn.execute(insert(table), values)`` re-processes every parameter dict in Python, which
-        costs more than the database write itself at tens of thousands of records per second;
-        here only columns whose type needs a bind processor (timestamps) are converted.
+        costs more than the database write itself at tens of thousands of records per second; see
+        :mod:`~elspeth_core.landscape.statements`.
         """
         keys = tuple(values[0])
-        cache_key = (table.name, keys)
-        plan = self._insert_plans.get(cache_key)
-        if plan is None:
-            compiled = insert(table).compile(dialect=conn.dialect, column_keys=list(keys))
-            order = compiled.positiontup or list(keys)
-            processors = [
-                table.c[key].type._cached_bind_processor(conn.dialect) for key in order
-            ]
-            plan = (str(compiled), order, processors, compiled.positiontup is not None)
-            self._insert_plans[cache_key] = plan
-        sql, order, processors, positional = plan
-        if positional:
-            params: list[Any] = [
-                tuple(p(r[k]) if p else r[k] for k, p in zip(order, processors, strict=True))
-                for r in values
-            ]
-        else:
-            params = [
-                {k: (p(r[k]) if p else r[k]) for k, p in zip(order, processors, strict=True)}
-                for r in values
-            ]
-        conn.exec_driver_sql(sql, params)
+        statement = self._compiled(("insert", table.name, keys), lambda: insert(table), keys)
+        statement.executemany(conn, values)
 
-    @staticmethod
-    def _apply_batch_updates(conn: Connection, updates: list[Record]) -> None:
+    def _apply_batch_updates(self, conn: Connection, updates: list[Record]) -> None:
         for change in updates:
-            values = {k: v for k, v in change.items() if k != "batch_id"}
-            conn.execute(
-                update(t.batches).where(t.batches.c.batch_id == change["batch_id"]).values(**values)
-            )
+            names = tuple(k for k in change if k != "batch_id")
+            statement = self._compiled(("batch_update", names), partial(_batch_update, names))
+            params = {f"v_{name}": change[name] for name in names}
+            statement.execute(conn, {"w_batch_id": change["batch_id"], **params})
 
-    @staticmethod
-    def _upsert_artifacts(conn: Connection, run_id: str, artifacts: dict[str, Record]) -> None:
+    def _upsert_artifacts(
+        self, conn: Connection, run_id: str, artifacts: dict[str, Record]
+    ) -> None:
         now = utcnow()
         for sink_name, values in artifacts.items():
             values = {**values, "updated_at": now}
-            result = conn.execute(
-                update(t.artifacts)
-                .where(and_(t.artifacts.c.run_id == run_id, t.artifacts.c.sink_name == sink_name))
-                .values(**values)
+            names = tuple(values)
+            statement = self._compiled(("artifact_update", names), partial(_artifact_update, names))
+            params = {f"v_{name}": value for name, value in values.items()}
+            result = statement.execute(
+                conn, {"w_run_id": run_id, "w_sink_name": sink_name, **params}
             )
             if result.rowcount == 0:
-                conn.execute(
-                    insert(t.artifacts),
-                    [{"artifact_id": new_id(), "run_id": run_id, "sink_name": sink_name, **values}],
-                )
+                record = {
+                    "artifact_id": new_id(),
+                    "run_id": run_id,
+                    "sink_name": sink_name,
+                    **values,
+                }
+                self._bulk_insert(conn, t.artifacts, [record])
 
-    @staticmethod
-    def _replace_checkpoint(conn: Connection, checkpoint: Record) -> None:
+    def _replace_checkpoint(self, conn: Connection, checkpoint: Record) -> None:
         # Only the newest checkpoint matters; older ones are superseded in the same transaction.
-        conn.execute(
-            delete(t.checkpoints).where(
-                and_(
-                    t.checkpoints.c.run_id == checkpoint["run_id"],
-                    t.checkpoints.c.sequence_number < checkpoint["sequence_number"],
-                )
-            )
+        statement = self._compiled(("checkpoint_supersede",), _checkpoint_supersede)
+        statement.execute(
+            conn,
+            {"w_run_id": checkpoint["run_id"], "w_sequence_number": checkpoint["sequence_number"]},
         )
-        conn.execute(insert(t.checkpoints), [checkpoint])
+        self._bulk_insert(conn, t.checkpoints, [checkpoint])
 
     # ------------------------------------------------------------------ batches (plan API)
     def create_batch(
@@ -537,7 +536,9 @@ class LandscapeRecorder:
     def clear_payload_refs(self, run_ids: Sequence[str]) -> int:
         with self.db.begin() as conn:
             result = conn.execute(
-                update(t.rows).where(t.rows.c.run_id.in_(list(run_ids))).values(source_data_ref=None)
+                update(t.rows)
+                .where(t.rows.c.run_id.in_(list(run_ids)))
+                .values(source_data_ref=None)
             )
             conn.execute(
                 update(t.batch_members)
@@ -549,6 +550,55 @@ class LandscapeRecorder:
                 .values(data_ref=None)
             )
             return int(result.rowcount or 0)
+
+
+# Statements of the commit path, compiled once per recorder (see ``statements``). Bind names carry
+# a prefix: SQLAlchemy reserves bare column names for the SET clause.
+def _fence_update(names: tuple[str, ...]) -> ClauseElement:
+    return (
+        update(t.runs)
+        .where(
+            and_(
+                t.runs.c.run_id == bindparam("w_run_id"),
+                t.runs.c.lease_owner == bindparam("w_owner"),
+            )
+        )
+        .values(
+            heartbeat_at=bindparam("v_heartbeat_at"),
+            lease_expires_at=bindparam("v_lease_expires_at"),
+            **{name: bindparam(f"v_{name}") for name in names},
+        )
+    )
+
+
+def _batch_update(names: tuple[str, ...]) -> ClauseElement:
+    return (
+        update(t.batches)
+        .where(t.batches.c.batch_id == bindparam("w_batch_id"))
+        .values(**{name: bindparam(f"v_{name}") for name in names})
+    )
+
+
+def _artifact_update(names: tuple[str, ...]) -> ClauseElement:
+    return (
+        update(t.artifacts)
+        .where(
+            and_(
+                t.artifacts.c.run_id == bindparam("w_run_id"),
+                t.artifacts.c.sink_name == bindparam("w_sink_name"),
+            )
+        )
+        .values(**{name: bindparam(f"v_{name}") for name in names})
+    )
+
+
+def _checkpoint_supersede() -> ClauseElement:
+    return delete(t.checkpoints).where(
+        and_(
+            t.checkpoints.c.run_id == bindparam("w_run_id"),
+            t.checkpoints.c.sequence_number < bindparam("w_sequence_number"),
+        )
+    )
 
 
 def new_batch_record(
@@ -569,7 +619,11 @@ def _iso(value: Any) -> str:
     return value.isoformat() if isinstance(value, datetime) else str(value)
 
 
+_dumps = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str
+).encode
+
+
 def dumps(value: Any) -> str:
     """Compact JSON for ``*_json`` columns."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True, default=str)
-
+    return _dumps(value)
