@@ -32,6 +32,7 @@ BUILTINS = {
     ("transform", "truncate"),
     ("transform", "keyword_filter"),
     ("transform", "json_explode"),
+    ("transform", "pseudonymize"),
     ("aggregation", "batch_stats"),
     ("aggregation", "batch_replicate"),
     ("sink", "csv"),
@@ -50,6 +51,7 @@ MINIMAL_OPTIONS: dict[tuple[str, str], dict[str, object]] = {
     ("transform", "truncate"): {"max_length": 3},
     ("transform", "keyword_filter"): {"keywords": ["x"]},
     ("transform", "json_explode"): {"array_field": "items"},
+    ("transform", "pseudonymize"): {"fields": ["id"]},
     ("aggregation", "batch_stats"): {"value_field": "v"},
     ("sink", "csv"): {"path": "out.csv"},
     ("sink", "json"): {"path": "out.json"},
@@ -82,7 +84,7 @@ def test_unknown_plugin_lists_the_available_ones() -> None:
         registry.get("transform", "x")
     assert info.value.reason == (
         "unknown transform plugin 'x' (available: field_mapper, json_explode, keyword_filter, "
-        "passthrough, truncate)"
+        "passthrough, pseudonymize, truncate)"
     )
     with pytest.raises(ConfigError, match="unknown plugin kind 'gate'"):
         registry.get("gate", "x")
