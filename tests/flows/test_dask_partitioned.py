@@ -54,7 +54,8 @@ def _dask_children() -> list[int]:
         except OSError:
             continue
         parent = stat.rsplit(")", 1)[1].split()[1]
-        if parent == me and b"multiprocessing" in cmdline:
+        # Dask worker processes are spawned children; the resource tracker is not a worker.
+        if parent == me and b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
             found.append(int(entry.name))
     return found
 
