@@ -96,7 +96,7 @@ def _dask_runner() -> DaskTaskRunner:
             "n_workers": workers,
             "threads_per_worker": 1,
             "processes": True,
-            "dashboard_address": None,
+            "dashboard_address": ":0",
         }
     )
 
