@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import random
 import signal
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -48,6 +50,7 @@ pytestmark = pytest.mark.slow
 CHAIN_ROWS = 6_000
 EXPLODE_ROWS = 4_000
 TALLY = {"kills": 0, "resumes": 0}
+TIMES: dict[str, tuple[float, float]] = {}  # shape -> (crash-free run, CLI start-up), seconds
 
 
 def _chain(work: Path, source: Path) -> dict:
@@ -156,8 +159,12 @@ def references(tmp_path_factory: pytest.TempPathFactory, inputs: dict[str, Path]
     for shape, (build, rows) in SHAPES.items():
         work = tmp_path_factory.mktemp(f"reference-{shape}")
         settings = write_settings(work / "settings.yaml", build(work, inputs[shape]))
+        started = time.perf_counter()
+        assert run_cli("validate", "-s", str(settings), cwd=work).code == 0
+        startup = time.perf_counter() - started
         result = run_cli("run", "-s", str(settings), "-x", cwd=work)
         assert result.code == 0, result.stderr
+        TIMES[shape] = (time.perf_counter() - started - startup, startup)
         found[shape] = outputs(work)
         (run_id,) = run_ids(work / "audit.db")
         extra = 1 if shape == "explode" else 0
@@ -335,31 +342,48 @@ def test_random_sigkill_instants(
     kills_wanted: int,
     seed: int,
 ) -> None:
-    """Kills at seeded random instants (runs and resumes alike), each chain of kills ending
-    with a clean resume; when a run completes before enough kills, a fresh run continues."""
+    """Kills at seeded random instants (runs and resumes alike), each chain of kills ending with
+    a clean resume; when a run completes before enough kills, a fresh run continues.
+
+    Instants are drawn from the CLI's start-up time and the crash-free run's wall time, both
+    measured in this session, so that kills land in start-up, in source verification and in
+    processing whatever the machine's load.
+    """
     rng = random.Random(seed)
-    kills = runs = 0
+    full, startup = TIMES[shape]
+    kills = with_run = runs = 0
     while kills < kills_wanted:
         work = tmp_path / f"run-{runs}"
         work.mkdir()
         runs += 1
-        kills += _kill_repeatedly(work, _settings(work, shape, inputs), rng, kills_wanted - kills)
+        settings = _settings(work, shape, inputs)
+        done, recorded = _kill_repeatedly(
+            work,
+            settings,
+            lambda: rng.uniform(0.8, 1.1) * startup + rng.uniform(0, 0.2) * full,
+            kills_wanted - kills,
+        )
+        kills += done
+        with_run += recorded
         db = work / "audit.db"
-        final = run_cli("resume", run_ids(db)[0], "-d", f"sqlite:///{db}", "-x", cwd=work)
-        TALLY["resumes"] += 1
-        assert final.code == 0 or "Run already completed" in final.stderr, final.stderr
+        status = query(db, "SELECT status FROM runs") if run_ids(db) else []
+        if status != [("completed",)]:
+            _resume_until_done(work, settings, [])
         run_id = _check(work, shape, references[shape])
-        for _a, status, _ra, _rs, same in _retries(db, run_id):
-            assert status == "failed" and same
+        for _a, failed, _ra, _rs, same in _retries(db, run_id):
+            assert failed == "failed" and same
     TALLY["kills"] += kills
     assert kills == kills_wanted
+    assert with_run >= kills_wanted // 2, f"only {with_run} kills interrupted a recorded run"
 
 
-def _kill_repeatedly(work: Path, settings: Path, rng: random.Random, limit: int) -> int:
-    """Start or resume the run and SIGKILL it after a random delay, until ``limit`` kills or
-    until it completes first; returns the number of kills."""
+def _kill_repeatedly(
+    work: Path, settings: Path, delay: Callable[[], float], limit: int
+) -> tuple[int, int]:
+    """Start or resume the run and SIGKILL it after ``delay()`` seconds, until ``limit`` kills or
+    until it completes first; returns (kills, kills of a process that had a recorded run)."""
     db = work / "audit.db"
-    kills = 0
+    kills = with_run = 0
     while kills < limit:
         ids = run_ids(db)
         args = (
@@ -370,8 +394,8 @@ def _kill_repeatedly(work: Path, settings: Path, rng: random.Random, limit: int)
         TALLY["resumes"] += 1 if ids else 0
         proc = popen_cli(*args, cwd=work)
         try:
-            proc.wait(timeout=rng.uniform(1.2, 3.2))
-        except Exception:  # noqa: BLE001 - still running: kill it
+            proc.wait(timeout=delay())
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         _out, err = proc.communicate()
@@ -379,4 +403,5 @@ def _kill_repeatedly(work: Path, settings: Path, rng: random.Random, limit: int)
             break  # (or the previous process was killed just after completing the run)
         assert proc.returncode == -signal.SIGKILL, err
         kills += 1
-    return kills
+        with_run += bool(ids)
+    return kills, with_run
