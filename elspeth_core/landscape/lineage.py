@@ -219,10 +219,12 @@ class LineageQueries:
                             break
                         known.add(link["parent_token_id"])
                         frontier.append(link["parent_token_id"])
-            # Links into the family from outside it (e.g. batch members of other rows) are kept
-            # so that every token's parents can be listed, even when they are not walked.
-            for link in _select_in(conn, t.token_parents, t.token_parents.c.token_id, list(known)):
-                links[(link["token_id"], link["parent_token_id"])] = link
+            # Links to and from tokens outside the family (batch members of other rows, the
+            # unjoined sibling of a fork) are kept so that every token's parents and children
+            # are listed in full, even those that were not walked.
+            for column in (t.token_parents.c.token_id, t.token_parents.c.parent_token_id):
+                for link in _select_in(conn, t.token_parents, column, list(known)):
+                    links[(link["token_id"], link["parent_token_id"])] = link
             for token in _select_in(conn, t.tokens, t.tokens.c.token_id, list(known)):
                 family.tokens[token["token_id"]] = token
         family.parent_links = sorted(

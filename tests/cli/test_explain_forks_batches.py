@@ -1,8 +1,11 @@
-"""``elspeth explain`` on forked/joined and aggregated rows, and on a batch retried after a crash.
+"""``elspeth explain`` on the fork/coalesce and batch-aggregation examples, run verbatim.
 
-There is no fork or aggregation example under ``examples/`` yet and those engine features are
-being worked on, so these tests build their own pipelines and are marked ``xfail(strict=False)``:
-they report XPASS while the engine produces the lineage they check.
+``examples/fork_coalesce`` forks payments of 500 or more into three branches, two of which join
+again (nested merge) while ``audit`` goes to its own sink; ``examples/batch_aggregation`` turns
+every ten sales into one row of statistics. Each example is copied with its input into a
+temporary directory and run there with the real CLI (its paths are relative), then explained by
+output line and by row; the aggregation is also crashed while its first batch is executing and
+resumed, so the batch is retried as attempt 2.
 """
 
 from __future__ import annotations
@@ -10,125 +13,93 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.cli import REPO, run_cli, run_ids
 
-from examples.generate import generate
-from tests.support.cli import run_cli, run_ids, write_settings
-
-ROWS = 60
-pytestmark = pytest.mark.xfail(
-    strict=False,
-    reason="forks/coalesce and aggregations are being changed by another engineer and no "
-    "examples/ pipeline for them exists yet",
-)
+DB = "sqlite:///runs/audit.db"
 
 
-def _pipeline(work: Path, **steps: Any) -> dict[str, Any]:
-    generate(str(work / "in.csv"), ROWS, seed=8)
-    out = work / "out"
-    data: dict[str, Any] = {
-        "datasource": {
-            "plugin": "csv",
-            "options": {
-                "path": str(work / "in.csv"),
-                "schema": {"mode": "free", "fields": ["id: int", "amount: float", "status: str"]},
-            },
-        },
-        "sinks": {"normal": {"plugin": "csv", "options": {"path": str(out / "normal.csv")}}},
-        "output_sink": "normal",
-        "landscape": {"url": f"sqlite:///{work / 'audit.db'}"},
-        "checkpoint": {"enabled": True, "frequency": "every_n", "checkpoint_interval": 10},
-        "payload_store": {"base_path": str(work / "payloads")},
-    }
-    data.update(steps)
-    return data
-
-
-def _run(work: Path, data: dict[str, Any], env: dict[str, str] | None = None) -> tuple[str, int]:
-    settings = write_settings(work / "settings.yaml", data)
-    result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
-    (run_id,) = run_ids(work / "audit.db")
+def _example(tmp_path: Path, name: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+    target = tmp_path / "examples" / name
+    shutil.copytree(REPO / "examples" / name, target, ignore=shutil.ignore_patterns("out"))
+    result = run_cli("run", "-s", f"examples/{name}/settings.yaml", "-x", cwd=tmp_path, env=env)
+    (run_id,) = run_ids(tmp_path / "runs" / "audit.db")
     return run_id, result.code
 
 
 def _explain(work: Path, *args: str) -> dict[str, Any]:
-    result = run_cli("explain", *args, "--json", "-d", f"sqlite:///{work / 'audit.db'}", cwd=work)
+    result = run_cli("explain", *args, "--json", "-d", DB, cwd=work)
     assert result.code == 0, result.stderr
     return json.loads(result.stdout)
 
 
-def _normal(work: Path) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO((work / "out" / "normal.csv").read_text())))
-
-
-FORK = {
-    "gates": [
-        {
-            "name": "split",
-            "condition": "row['amount'] >= 0",
-            "routes": {"true": "fork", "false": "continue"},
-            "fork_to": ["a", "b"],
-        }
-    ],
-    "coalesce": [
-        {"name": "merge", "branches": ["a", "b"], "policy": "require_all", "merge": "union"}
-    ],
-}
+def _by_id(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["token_id"]: t for t in doc["tokens"]}
 
 
 def test_explain_forked_and_joined_row(tmp_path: Path) -> None:
-    run_id, code = _run(tmp_path, _pipeline(tmp_path, **FORK))
+    run_id, code = _example(tmp_path, "fork_coalesce")
     assert code == 0
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "normal", "--line", "3")
-    tokens = {t["token_id"]: t for t in doc["tokens"]}
+    out = tmp_path / "examples" / "fork_coalesce" / "out"
+    lines = [json.loads(line) for line in (out / "payments.jsonl").read_text().splitlines()]
+    line = next(n for n, row in enumerate(lines, 1) if "ledger" in row)  # a merged payment
+    payment_id = lines[line - 1]["ledger"]["id"]
+
+    doc = _explain(tmp_path, "--run", run_id, "--sink", "payments", "--line", str(line))
+    tokens = _by_id(doc)
     merged = tokens[doc["focus_token_id"]]
     assert merged["terminal_outcome"]["outcome"] == "completed"
-    assert merged["terminal_outcome"]["sink_line"] == 3
+    assert merged["terminal_outcome"]["sink_line"] == line
     assert merged["join_group_id"] is not None
     branches = [tokens[p["token_id"]] for p in merged["parents"]]
-    assert sorted(b["branch_name"] for b in branches) == ["a", "b"]
-    assert all(b["relation"] == "ancestor" for b in branches)
+    assert [b["branch_name"] for b in branches] == ["fraud_check", "ledger"]
+    assert {b["relation"] for b in branches} == {"ancestor"}
     assert {b["terminal_outcome"]["outcome"] for b in branches} == {"coalesced"}
     assert len({b["fork_group_id"] for b in branches}) == 1
     (parent_id,) = {p["token_id"] for b in branches for p in b["parents"]}
     parent = tokens[parent_id]
+    assert parent["relation"] == "ancestor"
     assert parent["terminal_outcome"]["outcome"] == "forked"
-    assert sorted(parent["children"]) == sorted(b["token_id"] for b in branches)
+    assert len(parent["children"]) == 3  # fraud_check, ledger and audit
     (route,) = parent["routing"]
-    assert route["destination"] == "fork" and route["mode"] == "copy"
-    assert doc["row"]["payload"]["data"]["id"] == _normal(tmp_path)[2]["id"]
-    # By row, the same family: the parent, both branches and the merged token.
+    assert (route["condition"], route["result"], route["destination"], route["mode"]) == (
+        "row['amount'] >= 500",
+        True,
+        "fork",
+        "copy",
+    )
+    assert doc["row"]["payload"]["data"]["id"] == str(payment_id)
+
+    # By row: the whole family, the unjoined audit branch included, with its own sink line.
     by_row = _explain(tmp_path, "--run", run_id, "--row", doc["row"]["row_id"])
-    assert {t["token_id"] for t in by_row["tokens"]} == set(tokens)
-    assert {t["relation"] for t in by_row["tokens"]} == {"row"}
-
-
-BATCH = {
-    "aggregations": [
-        {
-            "name": "stats",
-            "plugin": "batch_stats",
-            "trigger": {"count": 10},
-            "output_mode": "single",
-            "options": {"value_field": "amount"},
-        }
-    ],
-}
+    family = _by_id(by_row)
+    assert set(tokens) < set(family) and len(family) == 5
+    assert {t["relation"] for t in family.values()} == {"row"}
+    (audit,) = [t for t in family.values() if t["branch_name"] == "audit"]
+    assert audit["terminal_outcome"]["outcome"] == "routed"
+    assert audit["terminal_outcome"]["sink_name"] == "audit"
+    audit_rows = list(csv.DictReader(io.StringIO((out / "audit.csv").read_text())))
+    assert audit_rows[audit["terminal_outcome"]["sink_line"] - 1]["id"] == str(payment_id)
+    assert sorted((o["sink_name"], o["outcome"]) for o in by_row["outputs"]) == [
+        ("audit", "routed"),
+        ("payments", "completed"),
+    ]
 
 
 def test_explain_aggregated_row_and_the_batch_output_line(tmp_path: Path) -> None:
-    run_id, code = _run(tmp_path, _pipeline(tmp_path, **BATCH))
+    run_id, code = _example(tmp_path, "batch_aggregation")
     assert code == 0
-    lines = _normal(tmp_path)
-    assert len(lines) == ROWS // 10
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "normal", "--line", "2")
-    output = next(t for t in doc["tokens"] if t["token_id"] == doc["focus_token_id"])
+    out = tmp_path / "examples" / "batch_aggregation" / "out" / "batches.csv"
+    lines = list(csv.DictReader(io.StringIO(out.read_text())))
+    doc = _explain(tmp_path, "--run", run_id, "--sink", "batches", "--line", "2")
+    output = _by_id(doc)[doc["focus_token_id"]]
     (made_by,) = output["batches"]
     assert made_by["role"] == "output" and made_by["status"] == "completed"
+    assert made_by["aggregation_name"] == "every_ten_sales"
     assert made_by["members"] == 10 and made_by["trigger_type"] == "count"
     members = [t for t in doc["tokens"] if t["relation"] == "ancestor"]
     assert len(members) == 10
@@ -140,21 +111,18 @@ def test_explain_aggregated_row_and_the_batch_output_line(tmp_path: Path) -> Non
     # By one member's row: its token was consumed, and the batch output is its descendant.
     member_row = next(t["row_id"] for t in members if t["batches"][0]["ordinal"] == 3)
     by_row = _explain(tmp_path, "--run", run_id, "--row", member_row)
-    relations = sorted(t["relation"] for t in by_row["tokens"])
-    assert relations == ["descendant", "row"]
-    assert by_row["outputs"][0]["sink_line"] == 2
+    assert sorted(t["relation"] for t in by_row["tokens"]) == ["descendant", "row"]
+    assert [(o["sink_name"], o["sink_line"]) for o in by_row["outputs"]] == [("batches", 2)]
 
 
 def test_explain_member_of_a_batch_retried_after_a_crash(tmp_path: Path) -> None:
-    run_id, code = _run(
-        tmp_path, _pipeline(tmp_path, **BATCH), env={"ELSPETH_FAULT_INJECT": "batch_executing:1"}
+    run_id, code = _example(
+        tmp_path, "batch_aggregation", env={"ELSPETH_FAULT_INJECT": "batch_executing:1"}
     )
     assert code == -signal.SIGKILL
-    resumed = run_cli(
-        "resume", run_id, "-x", "-d", f"sqlite:///{tmp_path / 'audit.db'}", cwd=tmp_path
-    )
+    resumed = run_cli("resume", run_id, "-x", "-d", DB, cwd=tmp_path)
     assert resumed.code == 0, resumed.stderr
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "normal", "--line", "1")
+    doc = _explain(tmp_path, "--run", run_id, "--sink", "batches", "--line", "1")
     members = [t for t in doc["tokens"] if t["relation"] == "ancestor"]
     assert len(members) == 10
     attempts = sorted((b["attempt"], b["status"]) for b in members[0]["batches"])
@@ -163,7 +131,7 @@ def test_explain_member_of_a_batch_retried_after_a_crash(tmp_path: Path) -> None
     second = next(b for b in members[0]["batches"] if b["attempt"] == 2)
     assert second["retry_of_batch_id"] == first["batch_id"]
     assert first["retried_by"] == [second["batch_id"]]
-    output = next(t for t in doc["tokens"] if t["token_id"] == doc["focus_token_id"])
+    output = _by_id(doc)[doc["focus_token_id"]]
     assert [b["batch_id"] for b in output["batches"]] == [second["batch_id"]]
     assert [(a["attempt"], a["kind"]) for a in doc["run"]["attempts"]] == [
         (1, "run"),
