@@ -131,7 +131,7 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ steps
     def begin_run(self, loaded: LoadedSettings, *, flow_run_id: str | None = None) -> RunSession:
-        """Record a new run (settings, graph, lease, checkpoint 0) and open its session."""
+        """Record a new run (settings, graph, lease, checkpoint 0 if enabled) and open its session."""
         settings = loaded.settings
         graph = build_graph(settings)
         resolved = resolve_for_audit(settings, fingerprint_key())
@@ -152,7 +152,11 @@ class Orchestrator:
             _edge_records(run_id, graph),
             lease_owner=owner,
             lease_seconds=self.lease_seconds,
-            checkpoint=_initial_checkpoint(run_id, graph, digest),
+            # ``checkpoint.enabled: false`` means no checkpoint at all, not even checkpoint 0:
+            # such a run is not resumable ("No checkpoint available"), as the operator chose.
+            checkpoint=(
+                _initial_checkpoint(run_id, graph, digest) if settings.checkpoint.enabled else None
+            ),
         )
         log.info("run %s started (config %s)", run_id, digest[:12])
         session = self._session(run_id, settings, graph, owner, 1, digest)

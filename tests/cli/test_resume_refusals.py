@@ -241,14 +241,11 @@ def test_no_checkpoint_available(crashed: tuple[Path, Path, str], tmp_path: Path
     _assert_unchanged(before_crashed, _snapshot(work, work / "audit.db"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: begin_run always records checkpoint 0, even with checkpoint.enabled false, so "
-    "a run without checkpoints is resumed instead of refused with 'No checkpoint available'",
-)
 def test_no_checkpoint_available_when_checkpointing_disabled(tmp_path: Path) -> None:
+    """``checkpoint.enabled: false`` records no checkpoint at all, so resume is refused."""
     _settings, run_id = _crash_run(tmp_path, checkpoint={"enabled": False})
     db = tmp_path / "audit.db"
+    assert query(db, "SELECT count(*) FROM checkpoints") == [(0,)]
     before = _snapshot(tmp_path, db)
     result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
     _reason, hint = _assert_refused(result, "No checkpoint available")
