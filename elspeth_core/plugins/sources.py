@@ -143,10 +143,17 @@ class CsvSource(_Source):
             if problem:
                 return BadRow(f"line {line}: {problem}", _printable(raw))
         if len(record) != len(header):
-            return BadRow(
-                f"line {line}: expected {len(header)} fields, got {len(record)}", _printable(raw)
-            )
+            return BadRow(f"line {line}: {_count_mismatch(header, record)}", _printable(raw))
         return dict(zip(header, record, strict=True))
+
+
+def _count_mismatch(header: list[str], record: list[str]) -> str:
+    """Why a record's field count is wrong, naming the header fields it lacks."""
+    expected = f"expected {len(header)} fields, got {len(record)}"
+    if len(record) < len(header):
+        missing = ", ".join(repr(name) for name in header[len(record) :])
+        return f"{expected} (missing {missing})"
+    return f"{expected} ({len(record) - len(header)} more than the header names)"
 
 
 class JsonSource(_Source):

@@ -354,11 +354,6 @@ def test_bad_rows_are_quarantined_and_the_run_completes(
     assert recorded == per_sink
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a CSV line with a field missing is quarantined as 'line N: expected 3 fields, "
-    "got 2' without naming the missing field",
-)
 def test_a_short_csv_line_is_quarantined_naming_the_missing_field(
     bad_rows_run: tuple[Path, Result, int],
 ) -> None:
@@ -367,7 +362,7 @@ def test_a_short_csv_line_is_quarantined_naming_the_missing_field(
     ((reason,),) = query(
         work / "audit.db", "SELECT reason FROM validation_errors WHERE row_index = 6"
     )
-    assert "status" in reason
+    assert reason == "line 8: expected 3 fields, got 2 (missing 'status')", reason
 
 
 def _json_pipeline(work: Path, rows: list[Any] | str, **options: Any) -> None:

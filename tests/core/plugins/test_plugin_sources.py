@@ -52,14 +52,18 @@ def test_csv_field_count_mismatch_is_a_bad_row_naming_the_line(tmp_path: Path) -
     data = b'a,b,c,d\n1,2,3,4\n"x\ny",2,3,4,5\n5,6,7,8\n1,2\n'
     records = read_csv(write(tmp_path / "in.csv", data))
     assert records[0] == {"a": "1", "b": "2", "c": "3", "d": "4"}
-    assert records[1] == BadRow("line 3: expected 4 fields, got 5", '"x\ny",2,3,4,5\n')
+    assert records[1] == BadRow(
+        "line 3: expected 4 fields, got 5 (1 more than the header names)", '"x\ny",2,3,4,5\n'
+    )
     assert records[2] == {"a": "5", "b": "6", "c": "7", "d": "8"}
-    assert records[3] == BadRow("line 6: expected 4 fields, got 2", "1,2\n")
+    assert records[3] == BadRow("line 6: expected 4 fields, got 2 (missing 'c', 'd')", "1,2\n")
 
 
 def test_csv_line_numbers_count_skipped_lines(tmp_path: Path) -> None:
     path = write(tmp_path / "in.csv", b"junk\nid,v\n1\n")
-    assert read_csv(path, skip_rows=1) == [BadRow("line 3: expected 2 fields, got 1", "1\n")]
+    assert read_csv(path, skip_rows=1) == [
+        BadRow("line 3: expected 2 fields, got 1 (missing 'v')", "1\n")
+    ]
 
 
 def test_csv_undecodable_byte_makes_only_that_record_bad(tmp_path: Path) -> None:
