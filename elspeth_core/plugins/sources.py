@@ -14,6 +14,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import math
 import re
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -27,6 +28,8 @@ from elspeth_core.plugins.schema import RowSchema
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+_INTEGER = re.compile(r"-?[0-9]+")
+_MAX_SAFE_INTEGER = 2**53 - 1  # the largest integer RFC 8785 (I-JSON) hashes exactly
 
 
 class SourceOptions(PluginConfig):
@@ -163,7 +166,8 @@ class JsonSource(_Source):
     The ``json`` format reads the whole document into memory (JSON arrays cannot be streamed with
     the standard library); use ``jsonl`` for large inputs, which is streamed line by line. With
     ``data_key`` the array is taken from that key of a top-level object. ``NaN``/``Infinity``
-    tokens, undecodable bytes, lone surrogates and non-object records become ``BadRow``\\ s.
+    tokens, numbers that overflow to infinity (``1e999``), undecodable bytes, lone surrogates and
+    non-object records become ``BadRow``\\ s whose reason names the field.
     """
 
     name: ClassVar[str] = "json"
@@ -186,16 +190,18 @@ class JsonSource(_Source):
                 yield from self._array(handle)
 
     def _lines(self, handle: IO[str]) -> Iterator[Row | BadRow]:
-        decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+        constants: list[str] = []
+        decode = _decoder(constants).decode
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
-            yield _json_line(decode, line, number, self.config.encoding)
+            constants.clear()
+            yield _json_line(decode, line, number, self.config.encoding, constants)
 
     def _array(self, handle: IO[str]) -> Iterator[Row | BadRow]:
         text = handle.read()
         constants: list[str] = []
-        decoder = json.JSONDecoder(parse_constant=lambda token: _Constant(token, constants))
+        decoder = _decoder(constants)
         try:
             document = decoder.decode(text)
         except json.JSONDecodeError as exc:
@@ -223,7 +229,10 @@ class JsonSource(_Source):
 
 
 class _Constant:
-    """Stands in for a NaN/Infinity token in a whole-document parse, so only its item is bad."""
+    """Stands in for a number that canonical JSON cannot hash — a ``NaN``/``Infinity`` token, a
+    number such as ``1e999`` that overflows a float, an integer beyond ±(2**53 - 1) — while
+    parsing, so that only its record is bad and the reason can name the field. ``seen`` tells the
+    reader that a record needs the slower check."""
 
     __slots__ = ("token",)
 
@@ -231,31 +240,60 @@ class _Constant:
         self.token = token
         seen.append(token)
 
+    def describe(self) -> str:
+        if self.token in ("NaN", "Infinity", "-Infinity"):
+            return f"{_constant_name(self.token)} is not allowed"
+        if _INTEGER.fullmatch(self.token):
+            shown = self.token if len(self.token) <= 40 else f"{self.token[:40]}..."
+            return (
+                f"integer {shown} is outside the range canonical JSON can hash "
+                f"(±{_MAX_SAFE_INTEGER})"
+            )
+        sign = "-" if self.token.startswith("-") else ""
+        return f"{self.token} overflows to {sign}Infinity, which is not allowed"
 
-class _ConstantRejected(ValueError):
-    pass
+
+def _decoder(seen: list[str]) -> json.JSONDecoder:
+    """A decoder that parses non-finite numbers to :class:`_Constant` markers listed in ``seen``.
+
+    Canonical hashing rejects NaN and infinities, so they must be caught here, per record.
+    """
+
+    def parse_float(text: str) -> float | _Constant:
+        value = float(text)
+        return _Constant(text, seen) if math.isinf(value) else value
+
+    def parse_int(text: str) -> int | _Constant:
+        # The length test first: int() refuses more than 4,300 digits with a ValueError.
+        if len(text) > 17 or abs(value := int(text)) > _MAX_SAFE_INTEGER:
+            return _Constant(text, seen)
+        return value
+
+    return json.JSONDecoder(
+        parse_constant=lambda token: _Constant(token, seen),
+        parse_float=parse_float,
+        parse_int=parse_int,
+    )
 
 
-def _reject_constant(token: str) -> Any:
-    raise _ConstantRejected(token)
-
-
-def _json_line(decode: Callable[[str], Any], line: str, number: int, encoding: str) -> Row | BadRow:
+def _json_line(
+    decode: Callable[[str], Any], line: str, number: int, encoding: str, constants: list[str]
+) -> Row | BadRow:
     if not line.isascii():
         problem = _undecodable(line, encoding)
         if problem:
             return BadRow(f"line {number}: {problem}", _printable(line.rstrip("\n")))
     try:
         value = decode(line)
-    except _ConstantRejected as exc:
-        return BadRow(f"line {number}: {_constant_name(str(exc))} is not allowed", line.rstrip())
     except json.JSONDecodeError as exc:
         return BadRow(f"line {number}: invalid JSON: {exc.msg} (column {exc.colno})", line.rstrip())
+    if isinstance(value, _Constant):
+        return BadRow(f"line {number}: {value.describe()}", line.rstrip())
     if type(value) is not dict:
         return BadRow(
             f"line {number}: expected a JSON object, got {type(value).__name__}", line.rstrip()
         )
-    if "\\u" in line and _find_problem(value):
+    if constants or ("\\u" in line and _find_problem(value)):
         return BadRow(f"line {number}: {_find_problem(value)}", _printable(line.rstrip()))
     return value
 
@@ -272,23 +310,38 @@ def _json_item(item: Any, index: int, *, check: bool) -> Row | BadRow:
     return item
 
 
-def _find_problem(value: Any) -> str | None:
-    """Why a parsed value cannot be a row: a NaN/Infinity token or a string with bad characters."""
+def _find_problem(value: Any, path: tuple[str | int, ...] = ()) -> str | None:
+    """Why a parsed value cannot be a row — a non-finite number or a string with bad characters —
+    naming the field where it is (``field 'x[1]': ...``)."""
     if isinstance(value, _Constant):
-        return f"{_constant_name(value.token)} is not allowed"
+        return f"{_field(path)}{value.describe()}"
     if isinstance(value, str):
-        return "contains a lone surrogate or undecodable bytes" if _has_surrogate(value) else None
+        if _has_surrogate(value):
+            return f"{_field(path)}contains a lone surrogate or undecodable bytes"
+        return None
+    children: Iterable[tuple[str | int, Any]]
     if isinstance(value, dict):
-        children: Iterable[Any] = [*value.keys(), *value.values()]
+        for key in value:
+            if _has_surrogate(key):
+                return f"{_field(path)}a field name contains a lone surrogate or undecodable bytes"
+        children = value.items()
     elif isinstance(value, list):
-        children = value
+        children = enumerate(value)
     else:
         return None
-    for child in children:
-        problem = _find_problem(child)
+    for step, child in children:
+        problem = _find_problem(child, (*path, step))
         if problem:
             return problem
     return None
+
+
+def _field(path: tuple[str | int, ...]) -> str:
+    """``field 'a.b[2]': `` for a path into a record; empty for the record itself."""
+    if not path:
+        return ""
+    text = "".join(f"[{step}]" if isinstance(step, int) else f".{step}" for step in path)
+    return f"field {text.removeprefix('.')!r}: "
 
 
 def _constant_name(token: str) -> str:
@@ -296,19 +349,29 @@ def _constant_name(token: str) -> str:
 
 
 def _dump_raw(item: Any) -> str:
-    """The element as JSON text again, NaN/Infinity tokens included, for the quarantine record."""
-    text = json.dumps(_with_floats(item), ensure_ascii=False, allow_nan=True, default=repr)
+    """The element as JSON text again, for the quarantine record; a non-finite number keeps its
+    source text (``NaN``, ``-Infinity``, ``1e999``)."""
+    tokens: list[str] = []
+    text = json.dumps(_with_placeholders(item, tokens), ensure_ascii=False, default=repr)
+    for index, token in enumerate(tokens):
+        text = text.replace(json.dumps(_placeholder(index), ensure_ascii=False), token, 1)
     return _printable(text)
 
 
-def _with_floats(value: Any) -> Any:
+def _with_placeholders(value: Any, tokens: list[str]) -> Any:
     if isinstance(value, _Constant):
-        return float(value.token)
+        tokens.append(value.token)
+        return _placeholder(len(tokens) - 1)
     if isinstance(value, dict):
-        return {key: _with_floats(child) for key, child in value.items()}
+        return {key: _with_placeholders(child, tokens) for key, child in value.items()}
     if isinstance(value, list):
-        return [_with_floats(child) for child in value]
+        return [_with_placeholders(child, tokens) for child in value]
     return value
+
+
+def _placeholder(index: int) -> str:
+    # Private-use characters around a counter: not something a JSON source row plausibly holds.
+    return f"\ue000elspeth-number-{index}\ue000"
 
 
 def _has_surrogate(text: str) -> bool:

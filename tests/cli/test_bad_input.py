@@ -403,25 +403,24 @@ def test_json_rows_missing_a_field_or_holding_nan_are_quarantined(tmp_path: Path
     assert _data_rows(tmp_path / "out" / "high.csv") == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a JSON number that overflows to Infinity (1e999) is not quarantined: the whole "
-    "run fails at once (exit 1, 'value cannot be hashed canonically: inf at $.amount', no row "
-    "recorded)",
-)
-def test_a_json_number_overflowing_to_infinity_is_quarantined(tmp_path: Path) -> None:
+def test_json_numbers_canonical_json_cannot_hash_are_quarantined(tmp_path: Path) -> None:
+    """1e999 (overflows to Infinity) and 2**53 (beyond I-JSON integers) fail their row only."""
     text = (
         '{"id": 0, "amount": 5.0, "status": "ok"}\n'
         '{"id": 1, "amount": 1e999, "status": "ok"}\n'
         '{"id": 2, "amount": 7.0, "status": "ok"}\n'
+        '{"id": 9007199254740992, "amount": 8.0, "status": "ok"}\n'
     )
     _json_pipeline(tmp_path, text)
     result = run_cli("run", "-s", SETTINGS, "-x", cwd=tmp_path)
     assert result.code == 0, result.stderr
     errors = dict(query(tmp_path / "audit.db", "SELECT row_index, reason FROM validation_errors"))
-    assert list(errors) == [1]
+    assert list(errors) == [1, 3]
     assert "amount" in errors[1] and "Infinity" in errors[1]
+    assert "'id'" in errors[3] and "9007199254740992" in errors[3]
     assert _data_rows(tmp_path / "out" / "normal.csv") == 2
+    quarantined = (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()
+    assert len(quarantined) == 2
 
 
 # ----------------------------------------------------------------- transform errors, no on_error

@@ -180,9 +180,38 @@ def test_json_array_bad_elements_are_bad_rows(tmp_path: Path) -> None:
     records = list(JsonSource({"path": write(tmp_path / "in.json", data)}).read())
     assert records[0] == {"id": 1}
     assert records[1] == BadRow("array index 1: expected a JSON object, got int", "7")
-    assert records[2] == BadRow("array index 2: NaN is not allowed", '{"id": NaN}')
-    assert records[3] == BadRow("array index 3: Infinity is not allowed", '{"x": [1, -Infinity]}')
+    assert records[2] == BadRow("array index 2: field 'id': NaN is not allowed", '{"id": NaN}')
+    assert records[3] == BadRow(
+        "array index 3: field 'x[1]': Infinity is not allowed", '{"x": [1, -Infinity]}'
+    )
     assert records[4] == {"id": 2}
+
+
+def test_json_array_numbers_that_cannot_be_hashed_are_bad_rows_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    data = (
+        b'[{"id": 1, "v": 1e308}, {"id": 2, "v": {"w": [0, -1E999]}}, {"id": 3, "v": 1e999},'
+        b' {"id": 9007199254740991}, {"id": 9007199254740992}, -1e400, {"id": 4}]'
+    )
+    records = list(JsonSource({"path": write(tmp_path / "in.json", data)}).read())
+    assert records[0] == {"id": 1, "v": 1e308}
+    assert records[1] == BadRow(
+        "array index 1: field 'v.w[1]': -1E999 overflows to -Infinity, which is not allowed",
+        '{"id": 2, "v": {"w": [0, -1E999]}}',
+    )
+    assert records[2] == BadRow(
+        "array index 2: field 'v': 1e999 overflows to Infinity, which is not allowed",
+        '{"id": 3, "v": 1e999}',
+    )
+    assert records[3] == {"id": 9007199254740991}
+    assert isinstance(records[4], BadRow)
+    assert records[4].reason.startswith("array index 4: field 'id': integer 9007199254740992 is")
+    assert records[4].raw == '{"id": 9007199254740992}'
+    assert records[5] == BadRow(
+        "array index 5: -1e400 overflows to -Infinity, which is not allowed", "-1e400"
+    )
+    assert records[6] == {"id": 4}
 
 
 def test_json_broken_document_is_a_plugin_error(tmp_path: Path) -> None:
@@ -200,11 +229,45 @@ def test_jsonl_streams_lines_and_reports_bad_ones(tmp_path: Path) -> None:
     assert isinstance(records[1], BadRow)
     assert records[1].reason.startswith("line 3: invalid JSON")
     assert records[2] == BadRow("line 4: expected a JSON object, got list", "[1]")
-    assert records[3] == BadRow("line 5: NaN is not allowed", '{"v": NaN}')
+    assert records[3] == BadRow("line 5: field 'v': NaN is not allowed", '{"v": NaN}')
     assert records[4] == BadRow("line 6: bytes not valid utf-8: b'\\xff'", '{"n": "\\udcff"}')
     assert isinstance(records[5], BadRow) and "lone surrogate" in records[5].reason
     assert records[6] == {"id": 2}
     assert len(records) == 7
+
+
+def test_jsonl_numbers_that_cannot_be_hashed_are_bad_rows_naming_the_field(
+    tmp_path: Path,
+) -> None:
+    huge = "7" * 5000  # beyond int()'s 4,300-digit limit
+    lines = [
+        '{"id": 0, "amount": 5.0}',
+        '{"id": 1, "amount": 1e999}',
+        '{"id": 2, "nested": {"xs": [1.5, -2e400]}}',
+        f'{{"id": 3, "big": {huge}}}',
+        "1e999",
+        '{"id": 4, "amount": -0.0, "n": -9007199254740991}',
+    ]
+    path = write(tmp_path / "in.jsonl", "\n".join(lines).encode() + b"\n")
+    records = list(JsonSource({"path": path}).read())
+    assert records[0] == {"id": 0, "amount": 5.0}
+    assert records[1] == BadRow(
+        "line 2: field 'amount': 1e999 overflows to Infinity, which is not allowed", lines[1]
+    )
+    assert records[2] == BadRow(
+        "line 3: field 'nested.xs[1]': -2e400 overflows to -Infinity, which is not allowed",
+        lines[2],
+    )
+    assert isinstance(records[3], BadRow)
+    assert records[3].reason == (
+        f"line 4: field 'big': integer {'7' * 40}... is outside the range canonical JSON can "
+        "hash (±9007199254740991)"
+    )
+    assert records[4] == BadRow(
+        "line 5: 1e999 overflows to Infinity, which is not allowed", "1e999"
+    )
+    assert records[5] == {"id": 4, "amount": -0.0, "n": -9007199254740991}
+    assert len(records) == 6
 
 
 def test_json_format_inferred_from_extension_or_given(tmp_path: Path) -> None:
