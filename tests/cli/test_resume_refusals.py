@@ -446,15 +446,9 @@ def test_resume_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a crash between an aggregation's trigger commit and the next chunk commit "
-    "records one more row than runs.source_rows_ingested, and resume then fails for good with "
-    "'rows table and ingest position disagree' (exit 2)",
-)
-def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
-    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
-) -> None:
+def _aggregation_run(work: Path, env: dict[str, str] | None = None) -> tuple[Result, Path]:
+    """The gate pipeline behind a passthrough ``batch_replicate`` (count trigger, one copy)."""
+    work.mkdir(parents=True, exist_ok=True)
     aggregation = {
         "name": "window",
         "plugin": "batch_replicate",
@@ -462,22 +456,45 @@ def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
         "output_mode": "passthrough",
         "options": {"default_copies": 1},
     }
-    data = gate_pipeline(tmp_path, _make_input(tmp_path), aggregations=[aggregation])
-    settings = write_settings(tmp_path / "settings.yaml", data)
-    crashed_run = run_cli(
-        "run",
-        "-s",
-        str(settings),
-        "-x",
-        cwd=tmp_path,
-        env={"ELSPETH_FAULT_INJECT": "batch_executing:1"},
-    )
-    assert crashed_run.code == -signal.SIGKILL, crashed_run.stderr
-    (run_id,) = run_ids(tmp_path / "audit.db")
-    resumed = run_cli("resume", run_id, "-d", _url(tmp_path / "audit.db"), "-x", cwd=tmp_path)
+    data = gate_pipeline(work, _make_input(work), aggregations=[aggregation])
+    settings = write_settings(work / "settings.yaml", data)
+    return run_cli("run", "-s", str(settings), "-x", cwd=work, env=env), work / "audit.db"
+
+
+def test_aggregation_run_crashed_after_its_batch_trigger_resumes(tmp_path: Path) -> None:
+    """SIGKILL once the first batch is marked executing; resume retries it (attempt 2).
+
+    The reference is a crash-free run of the SAME aggregation pipeline: ``batch_replicate``
+    enriches every member with ``copies``, so the plain gate pipeline's outputs are not it.
+    """
+    reference, reference_db = _aggregation_run(tmp_path / "reference")
+    assert reference.code == 0, reference.stderr
+    reference_files = sink_files(tmp_path / "reference")
+    assert b'"copies":1' in reference_files["flagged.jsonl"]  # the enrichment is in the output
+
+    work = tmp_path / "crashed"
+    crashed, db = _aggregation_run(work, env={"ELSPETH_FAULT_INJECT": "batch_executing:1"})
+    assert crashed.code == -signal.SIGKILL, crashed.stderr
+    (run_id,) = run_ids(db)
+    assert query(db, "SELECT status, attempt FROM batches") == [("executing", 1)]
+
+    resumed = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=work)
     assert resumed.code == 0, resumed.stderr
-    # A passthrough aggregation of one copy changes nothing: the outputs are the plain run's.
-    _assert_matches_reference(tmp_path, run_id, completed[2])
+    files = sink_files(work)
+    assert files.keys() == reference_files.keys()
+    for name, content in reference_files.items():
+        assert files[name] == content, f"{name} differs from the crash-free run"
+    assert_landscape_invariants(db, run_id, ROWS)
+    # Passthrough: no new tokens, so one terminal outcome per source row, as in the reference.
+    terminal = "SELECT outcome, sink_name, count(*) FROM token_outcomes WHERE is_terminal = 1 "
+    terminal += "GROUP BY outcome, sink_name ORDER BY outcome, sink_name"
+    assert query(db, terminal) == query(reference_db, terminal)
+    assert sum(n for _o, _s, n in query(db, terminal)) == ROWS
+    # The batch that was executing failed and was retried once; every later batch ran once.
+    batches = query(db, "SELECT status, attempt FROM batches ORDER BY created_at, attempt")
+    assert batches[:2] == [("failed", 1), ("completed", 2)]
+    assert batches[2:] == [("completed", 1)] * (len(batches) - 2)
+    assert len(batches) - 1 == len(query(reference_db, "SELECT batch_id FROM batches"))
 
 
 def test_a_run_superseded_by_force_new_is_not_resumed(tmp_path: Path) -> None:
