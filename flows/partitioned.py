@@ -22,11 +22,14 @@ from __future__ import annotations
 import os
 import pickle
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.runtime import flow_run as current_flow_run
+from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask import DaskTaskRunner
 
 from elspeth_core.engine.session import RunSession
@@ -173,17 +176,42 @@ def run_partitioned(
     return out
 
 
-def _share_api_with_workers() -> None:
-    """Without PREFECT_API_URL, every Dask worker process would start its own temporary Prefect
-    server (10-15 s each, all on one SQLite file); start the temporary server here instead and
-    hand its URL to the workers through the environment they inherit."""
-    if os.environ.get("PREFECT_API_URL"):
-        return
-    from prefect.server.api.server import SubprocessASGIServer
+@contextmanager
+def _worker_environment(workers: int, address: str | None) -> Iterator[None]:
+    """Set the environment the Dask runner and its worker processes read, and restore it after.
 
-    server = SubprocessASGIServer()
-    server.start()
-    os.environ["PREFECT_API_URL"] = server.api_url
+    Worker processes inherit ``os.environ``, not this process's Prefect settings context, so the
+    effective API URL is exported to them. Without any API URL, every worker would start its own
+    temporary Prefect server (10-15 s each, all on one SQLite file); one temporary server is
+    started here instead, used by this process too, and stopped afterwards.
+    """
+    saved = {name: os.environ.get(name) for name in _WORKER_ENV}
+    server = None
+    try:
+        os.environ["ELSPETH_DASK_WORKERS"] = str(workers)
+        if address:
+            os.environ["ELSPETH_DASK_ADDRESS"] = address
+        api_url = PREFECT_API_URL.value()
+        if not api_url:
+            from prefect.server.api.server import SubprocessASGIServer
+
+            server = SubprocessASGIServer()
+            server.start()
+            api_url = server.api_url
+        os.environ["PREFECT_API_URL"] = api_url
+        with temporary_settings(updates={PREFECT_API_URL: api_url}):
+            yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        if server is not None:
+            server.stop()
+
+
+_WORKER_ENV = ("ELSPETH_DASK_WORKERS", "ELSPETH_DASK_ADDRESS", "PREFECT_API_URL")
 
 
 def run_on_dask(
@@ -200,14 +228,12 @@ def run_on_dask(
     the flow-run context that Dask must pickle, and a started runner holds locks); so the choice
     goes through the same environment variables a deployment would set.
     """
-    os.environ["ELSPETH_DASK_WORKERS"] = str(workers)
-    if address:
-        os.environ["ELSPETH_DASK_ADDRESS"] = address
-    _share_api_with_workers()
-    flow_obj = run_partitioned.with_options(task_runner=_dask_runner())
-    return flow_obj(
-        settings_path=settings_path,
-        settings=settings,
-        partition_rows=partition_rows,
-        workers=workers,
-    )
+    with _worker_environment(workers, address):
+        flow_obj = run_partitioned.with_options(task_runner=_dask_runner())
+        result: dict[str, Any] = flow_obj(
+            settings_path=settings_path,
+            settings=settings,
+            partition_rows=partition_rows,
+            workers=workers,
+        )
+    return result

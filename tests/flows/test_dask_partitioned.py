@@ -80,14 +80,17 @@ def test_killing_a_dask_worker_mid_run_changes_nothing(
     killed: list[int] = []
 
     def assassin() -> None:
-        deadline = time.monotonic() + 60
+        # Kill only once the cluster is up and computing: a worker killed while the cluster is
+        # still starting fails the cluster's start-up (Dask's behaviour, not the product's).
+        # A staged partition proves both workers registered and work is flowing.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not killed:
             workers = _dask_children()
-            if len(workers) >= 2 and (tmp_path / "out" / "normal.csv").exists():
-                time.sleep(1.0)
+            staged = list(tmp_path.glob("payloads/*/staging/*"))
+            if len(workers) >= 2 and staged:
                 os.kill(workers[0], signal.SIGKILL)
                 killed.append(workers[0])
-            time.sleep(0.2)
+            time.sleep(0.1)
 
     thread = threading.Thread(target=assassin, daemon=True)
     thread.start()

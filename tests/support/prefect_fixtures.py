@@ -1,10 +1,9 @@
 """Pytest fixtures for running flows in-process against Prefect's own test harness.
 
-Import them where needed (a test module or the root conftest)::
-
-    from tests.support.prefect_fixtures import prefect_harness  # noqa: F401
-
-and request `prefect_harness` explicitly (it is not autouse): only flow tests should pay
+The root ``tests/conftest.py`` imports them; test modules only request them. Importing the
+fixture into a test module again would define a second session fixture there, and so start a
+second harness while the first is alive: events (and so task runs) then keep going to the first
+server while the module's client reads the second. So request `prefect_harness` explicitly (it is not autouse): only flow tests should pay
 for the server. `prefect_test_harness()` starts a temporary SQLite-backed API server in a
 subprocess (about 10-20 s on the 2-CPU dev VM) and points PREFECT_API_URL at it for the
 duration; flows called in the test process then report to it. For deployments, workers,

@@ -41,7 +41,6 @@ from .flow_runs import (
     wait_for_flow_run,
     wait_for_worker_release,
 )
-from .prefect_fixtures import prefect_harness  # noqa: F401 - fixture
 from .prefect_server import PrefectServer, flow_run_pids
 
 TOYFLOWS = Path(__file__).parent / "toyflows"
@@ -193,7 +192,7 @@ def _double(value: int) -> int:
     return 2 * value
 
 
-def test_flow_runs_inside_prefect_test_harness(prefect_harness: float) -> None:  # noqa: F811
+def test_flow_runs_inside_prefect_test_harness(prefect_harness: float) -> None:
     result = _harness_toy(chunks=5)
     assert result["total"] == 20
 
