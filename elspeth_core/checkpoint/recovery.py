@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from elspeth_core.checkpoint.manager import CheckpointManager
+from elspeth_core.checkpoint.plan import RERUN_ACTIONS, BatchAction, plan_batches
 from elspeth_core.engine.lease import owner_is_dead
 from elspeth_core.errors import (
     NoCheckpoint,
@@ -48,9 +49,18 @@ class ResumePlan:
     rows_recorded: int
     source_exhausted: bool
     unprocessed_rows: list[str]
-    batches_to_retry: list[dict[str, Any]]
-    draft_batches: list[dict[str, Any]]
+    batches: list[BatchAction]
     lease: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batches_to_retry(self) -> list[BatchAction]:
+        """Batches the resume runs again: executing and failed ones, and retries not run yet."""
+        return [b for b in self.batches if b.action in RERUN_ACTIONS]
+
+    @property
+    def draft_batches(self) -> list[BatchAction]:
+        """Open batches (not retries) restored with their members; they keep buffering."""
+        return [b for b in self.batches if b.action == "restore"]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,14 +71,9 @@ class ResumePlan:
             "rows_recorded": self.rows_recorded,
             "source_exhausted": self.source_exhausted,
             "unprocessed_rows": len(self.unprocessed_rows),
-            "batches_to_retry": [
-                {"batch_id": b["batch_id"], "status": b["status"], "attempt": b["attempt"]}
-                for b in self.batches_to_retry
-            ],
-            "draft_batches": [
-                {"batch_id": b["batch_id"], "aggregation": b["aggregation_name"]}
-                for b in self.draft_batches
-            ],
+            "batches_to_retry": [b.as_dict() for b in self.batches_to_retry],
+            "draft_batches": [b.as_dict() for b in self.draft_batches],
+            "batches": [b.as_dict() for b in self.batches],
             "lease": self.lease,
         }
 
@@ -139,9 +144,13 @@ class RecoveryManager:
         return [row_id for row_id, _ in sorted(found.items(), key=lambda kv: kv[1])]
 
     def plan(self, run_id: str) -> ResumePlan:
+        """What ``Orchestrator.open_for_resume`` would do with this run; writes nothing.
+
+        Raises:
+            ResumeRefused (and subclasses): as :meth:`check_resumable`.
+        """
         point = self.get_resume_point(run_id)
         run = self.queries.get_run(run_id) or {}
-        incomplete = self.recorder.get_incomplete_batches(run_id)
         return ResumePlan(
             run_id=run_id,
             status=str(run.get("status")),
@@ -149,11 +158,33 @@ class RecoveryManager:
             rows_recorded=self.queries.count_rows(run_id),
             source_exhausted=bool(run.get("source_exhausted")),
             unprocessed_rows=self.get_unprocessed_rows(run_id),
-            batches_to_retry=[b for b in incomplete if b["status"] in ("executing", "failed")],
-            draft_batches=[b for b in incomplete if b["status"] == "draft"],
+            batches=self._plan_batches(run, point),
             lease={
                 "owner": run.get("lease_owner"),
                 "expires_at": _iso(run.get("lease_expires_at")),
+            },
+        )
+
+    def _plan_batches(self, run: dict[str, Any], point: ResumePoint) -> list[BatchAction]:
+        run_id = str(run["run_id"])
+        batches = self.recorder.get_batches(run_id)
+        if all(b["status"] == "completed" for b in batches):
+            return []
+        settings = json.loads(run.get("settings_json") or "{}")
+        saved = point.aggregation_state.get("aggregations", {})
+        return plan_batches(
+            batches,
+            member_ids=lambda batch_id: [
+                m["token_id"] for m in self.recorder.get_batch_members(batch_id)
+            ],
+            nonterminal={t["token_id"] for t in self.queries.nonterminal_tokens(run_id)},
+            output_modes={
+                a["name"]: a.get("output_mode", "single") for a in settings.get("aggregations", [])
+            },
+            elapsed={
+                entry["batch_id"]: float(entry.get("elapsed_seconds", 0.0))
+                for entry in saved.values()
+                if isinstance(entry, dict) and entry.get("batch_id")
             },
         )
 

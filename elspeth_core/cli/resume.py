@@ -96,4 +96,11 @@ def _show_plan(plan: dict, as_json: bool) -> None:
     out.print(f"  unprocessed rows     {plan['unprocessed_rows']}")
     out.print(f"  batches to retry     {len(plan['batches_to_retry'])}")
     out.print(f"  open batches         {len(plan['draft_batches'])}")
+    for batch in plan["batches"]:
+        out.print(
+            f"    {batch['aggregation']} batch {batch['batch_id']} attempt {batch['attempt']} "
+            f"({batch['status']}): {batch['label']}",
+            markup=False,
+            highlight=False,
+        )
     out.print(f"Run it: elspeth resume {plan['run_id']} --execute")
