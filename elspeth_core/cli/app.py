@@ -9,9 +9,10 @@ from elspeth_core.cli.common import setup_logging
 
 HELP = """ELSPETH: auditable, crash-safe data pipelines with row-level lineage.
 
-Exit codes: 0 success; 1 validation/usage error or refused action; 2 run failed;
-3 resume refused (not resumable: not found, completed, in progress, no checkpoint,
-configuration mismatch, source changed).
+Exit codes: 0 success; 1 validation/usage error or refused action; 2 run failed
+(or its run-end audit export failed: the run itself is complete); 3 resume refused (not
+resumable: not found, completed, in progress, no checkpoint, configuration mismatch, source
+changed).
 """
 
 app = typer.Typer(

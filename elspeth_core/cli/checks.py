@@ -1,4 +1,5 @@
-"""Checks a pipeline completely before anything is created: graph, expressions, plugin options.
+"""Checks a pipeline completely before anything is created: graph, expressions, plugin options,
+and that the run-end audit export (``landscape.export``) could be written.
 
 ``validate``, ``run`` (with or without --execute) and ``run --dry-run`` share this, so a pipeline that
 ``validate`` refuses never records a run, and every error names the settings file and the key.
@@ -14,6 +15,7 @@ from elspeth_core.config.yaml_source import parse_settings_yaml, read_settings_t
 from elspeth_core.dag import ExecutionGraph, build_graph
 from elspeth_core.engine.expressions import Expression
 from elspeth_core.errors import ConfigError, ExpressionError
+from elspeth_core.export import ExportError, SigningKeyMissing, check_export_ready
 from elspeth_core.plugins.registry import PluginRegistry
 
 
@@ -77,7 +79,30 @@ def check_pipeline(loaded: LoadedSettings) -> ExecutionGraph:
         _create(registry, "aggregation", node.plugin_name, node.options["options"], key, loaded)
     for name, node in graph.sinks.items():
         _create(registry, "sink", node.plugin_name, node.options, f"sinks.{name}", loaded)
+    check_export(loaded)
     return graph
+
+
+def check_export(loaded: LoadedSettings) -> None:
+    """The run-end audit export could be written: its sink has a path, and a key if it signs.
+
+    The key lives in the environment, not the file, but the error points at the setting that
+    needs it, so the operator sees both what is missing and why.
+
+    Raises:
+        ConfigError: at ``landscape.export.sign`` (no ``ELSPETH_SIGNING_KEY``) or
+            ``landscape.export.sink`` (no ``path`` option).
+    """
+    try:
+        check_export_ready(loaded.settings)
+    except ExportError as exc:
+        key = (
+            "landscape.export.sign"
+            if isinstance(exc, SigningKeyMissing)
+            else "landscape.export.sink"
+        )
+        located = ConfigError(exc.message, hint=exc.hint)
+        raise _located(located, loaded, key) from exc
 
 
 def _create(

@@ -78,6 +78,7 @@ def show_plan(loaded: LoadedSettings, graph: ExecutionGraph, as_json: bool) -> N
         "coalesce": list(graph.coalesces),
         "sinks": {name: node.plugin_name for name, node in graph.sinks.items()},
         "output_sink": graph.output_sink,
+        "audit_export": _export_plan(loaded),
         "topology_hash": graph.topology_hash,
     }
     if as_json:
@@ -90,7 +91,27 @@ def show_plan(loaded: LoadedSettings, graph: ExecutionGraph, as_json: bool) -> N
             out.print(f"  {name:<11} {', '.join(plan[name])}")
     out.print(f"  sinks       {', '.join(f'{k} ({v})' for k, v in plan['sinks'].items())}")
     out.print(f"  output_sink {plan['output_sink']}")
+    export = plan["audit_export"]
+    if export:
+        signed = "signed" if export["sign"] else "unsigned"
+        out.print(
+            f"  export      {export['sink']} -> {export['path']} ({export['format']}, {signed})"
+        )
     out.print(f"  landscape   {plan['landscape']}")
+
+
+def _export_plan(loaded: LoadedSettings) -> dict[str, Any] | None:
+    """The run-end audit export (its sink takes no rows, so it is not among the plan's sinks)."""
+    export = loaded.settings.landscape.export
+    if not export.enabled or export.sink is None:
+        return None
+    sink = loaded.settings.sinks[export.sink]
+    return {
+        "sink": export.sink,
+        "path": sink.options.get("path"),
+        "format": export.format,
+        "sign": export.sign,
+    }
 
 
 def fail_run(result: RunResult) -> typer.Exit:
@@ -115,5 +136,7 @@ def report(result: RunResult, as_json: bool) -> None:
     )
     for sink, count in sorted(result.sinks.items()):
         out.print(f"  sink {sink}: {count} rows")
+    if result.export_path:
+        out.print(f"  audit export: {result.export_path}")
     if result.status != "completed":
         out.print(f"  Investigate: elspeth runs show {result.run_id}")

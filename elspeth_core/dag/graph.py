@@ -4,6 +4,11 @@ Node IDs are derived from configuration only — kind, name, plugin, options and
 graph rebuilt for a resume has exactly the IDs recorded in the landscape (a random ID never matches
 after a restart). The topology hash covers every node and edge; a resume refuses a graph whose hash
 differs from the recorded one.
+
+The sink named by an enabled ``landscape.export.sink`` is not part of the graph: at run end its
+file is replaced by the run's audit export, so it must never receive rows. Any route, fork branch,
+``on_error``, ``on_validation_failure`` or ``output_sink`` that names it is a configuration error.
+Leaving it out changes no other node's ID (IDs never depend on position).
 """
 
 from __future__ import annotations
@@ -92,8 +97,10 @@ def build_graph(settings: Any) -> ExecutionGraph:
         ConfigError: unknown sink or coalesce branch, a reserved sink name, bad route labels,
             a fork without branches, or a cycle.
     """
-    sinks_cfg: dict[str, Any] = dict(settings.sinks)
-    _check_sink_names(sinks_cfg)
+    export_sink = export_sink_name(settings)
+    _check_sink_names(dict(settings.sinks))
+    _check_export_sink_unused(settings, export_sink)
+    sinks_cfg: dict[str, Any] = {n: c for n, c in settings.sinks.items() if n != export_sink}
     seq = 0
     source = _node(
         "source",
@@ -182,6 +189,51 @@ def build_graph(settings: Any) -> ExecutionGraph:
         settings.output_sink,
         topology,
     )
+
+
+def export_sink_name(settings: Any) -> str | None:
+    """The sink reserved for the run-end audit export (``landscape.export.sink``), if enabled."""
+    export = settings.landscape.export
+    return export.sink if export.enabled else None
+
+
+def _check_export_sink_unused(settings: Any, export_sink: str | None) -> None:
+    """Refuse any way a row could reach the audit export sink (its file is the export).
+
+    Raises:
+        ConfigError: naming the key that routes to the export sink.
+    """
+    if export_sink is None:
+        return
+    for key, what in _row_destinations(settings):
+        if what == export_sink:
+            raise ConfigError(
+                f"sends rows to '{export_sink}', the audit export sink (landscape.export.sink), "
+                "which receives only the run's audit export, never rows",
+                key=key,
+                hint="Route these rows to another sink, or give the export a sink of its own.",
+            )
+
+
+def _row_destinations(settings: Any) -> list[tuple[str, str]]:
+    """(key, sink or route name) of every setting that can send rows to a sink."""
+    coalesced = {branch for c in settings.coalesce for branch in c.branches}
+    found = [("output_sink", settings.output_sink)]
+    quarantine = settings.datasource.options.get("on_validation_failure")
+    if isinstance(quarantine, str):
+        found.append(("datasource.options.on_validation_failure", quarantine))
+    for index, row_plugin in enumerate(settings.row_plugins):
+        if row_plugin.on_error is not None:
+            found.append((f"row_plugins[{index}].on_error", row_plugin.on_error))
+    for index, gate in enumerate(settings.gates):
+        for label, destination in gate.routes.items():
+            found.append((f"gates[{index}].routes.{label}", destination))
+        for position, branch in enumerate(gate.fork_to or []):
+            if (
+                branch not in coalesced
+            ):  # a branch no coalesce waits for goes to the same-named sink
+                found.append((f"gates[{index}].fork_to[{position}]", branch))
+    return found
 
 
 def _check_sink_names(sinks: dict[str, Any]) -> None:

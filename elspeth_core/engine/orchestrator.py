@@ -4,6 +4,10 @@ Each public step (``begin_run``, ``process_chunk``, ``finalize``, ``open_for_res
 returns a :class:`RunSession`; everything a later step needs is either in that session or durable
 in the landscape, so Prefect tasks can wrap the steps, and a new process can pick a run up where a
 dead one stopped. ``run`` and ``resume`` chain the steps for the CLI.
+
+The run-end audit export (``landscape.export``) is checked before a run is recorded or resumed,
+and written by ``finalize`` once the final status is on record, so it is written exactly once per
+run end, whether the run ended in one go or after any number of crashes and resumes.
 """
 
 from __future__ import annotations
@@ -31,10 +35,17 @@ from elspeth_core.engine.session import Clock, RunSession, now
 from elspeth_core.engine.tokens import Token
 from elspeth_core.errors import (
     ConfigurationMismatch,
+    ElspethError,
     LandscapeError,
     LeaseLostError,
     ResumeRefused,
     SourceChanged,
+)
+from elspeth_core.export import (
+    RunExportFailed,
+    check_export_ready,
+    export_command_for,
+    export_if_configured,
 )
 from elspeth_core.hashing import CANONICAL_VERSION
 from elspeth_core.ids import new_id
@@ -58,6 +69,7 @@ class RunResult:
     attempt: int
     sinks: dict[str, int] = field(default_factory=dict)
     outcomes: dict[str, int] = field(default_factory=dict)
+    export_path: str | None = None  # the run-end audit export, when landscape.export is enabled
 
     @property
     def rows_per_second(self) -> float:
@@ -125,15 +137,23 @@ class Orchestrator:
             while not session.source_exhausted:
                 self.process_chunk(session, None)
             return self.finalize(session)
+        except RunExportFailed:
+            raise  # the run has ended and its final status is recorded: nothing to abort
         except BaseException as exc:
             self.abort(session, exc)
             raise
 
     # ------------------------------------------------------------------ steps
     def begin_run(self, loaded: LoadedSettings, *, flow_run_id: str | None = None) -> RunSession:
-        """Record a new run (settings, graph, lease, checkpoint 0 if enabled) and open its session."""
+        """Record a new run (settings, graph, lease, checkpoint 0 if enabled) and open its session.
+
+        Raises:
+            ExportError: the run-end audit export could not be written (e.g. ``sign`` without
+                ``ELSPETH_SIGNING_KEY``); nothing is recorded then.
+        """
         settings = loaded.settings
         graph = build_graph(settings)
+        check_export_ready(settings)
         resolved = resolve_for_audit(settings, fingerprint_key())
         digest = config_hash(resolved)
         run_id = new_id()
@@ -171,7 +191,15 @@ class Orchestrator:
         return done
 
     def finalize(self, session: RunSession) -> RunResult:
-        """End of source: flush batches, close joins and sinks, mark the run completed/failed."""
+        """End of source: flush batches, close joins and sinks, mark the run completed/failed.
+
+        Then, with ``landscape.export`` enabled, write the run's audit export (it holds the final
+        status, so it comes after ``finish_run``).
+
+        Raises:
+            RunExportFailed: the run ended and its status is recorded, but the export failed; the
+                error carries the :class:`RunResult` and the command that writes the export again.
+        """
         try:
             session.finish()
             outcomes = self.queries.outcome_counts(session.run_id)
@@ -197,7 +225,7 @@ class Orchestrator:
             )
         finally:
             self._release(session)
-        return RunResult(
+        result = RunResult(
             run_id=session.run_id,
             status=status,
             rows=session.stats.rows,
@@ -209,6 +237,36 @@ class Orchestrator:
             sinks=self.queries.sink_counts(session.run_id),
             outcomes=outcomes,
         )
+        self._export(session, result)
+        return result
+
+    def _export(self, session: RunSession, result: RunResult) -> None:
+        """The run-end audit export; a failure cannot undo the run, so it is reported, not undone.
+
+        The run's outputs are durable and its final status is committed before this runs; a crash
+        or an error here leaves a complete run without its export (at most a ``.partial`` file),
+        which ``elspeth export`` writes again from the landscape.
+        """
+        try:
+            path = export_if_configured(self.db, session.run_id, session.settings)
+        except Exception as exc:  # noqa: BLE001 - any failure here is reported the same way
+            settings = session.settings
+            reason = (
+                exc.message if isinstance(exc, ElspethError) else f"{type(exc).__name__}: {exc}"
+            )
+            redo = export_command_for(session.run_id, settings, self.db.url)
+            raise RunExportFailed(
+                f"run {session.run_id} {result.status} ({result.rows} rows), but its audit export "
+                f"(landscape.export, sink {settings.landscape.export.sink!r}) failed: {reason}",
+                run_id=session.run_id,
+                status=result.status,
+                result=result,
+                hint="The run has ended; its outputs and audit trail are durable. Fix the cause, "
+                f"then write the export with: {redo}",
+            ) from exc
+        if path is not None:
+            result.export_path = str(path)
+            log.info("run %s: audit export written to %s", session.run_id, path)
 
     def abort(self, session: RunSession, exc: BaseException) -> None:
         """A run stopped by an error or signal: mark it failed/interrupted (still resumable)."""
@@ -302,10 +360,13 @@ class Orchestrator:
         Raises:
             ResumeRefused (and subclasses): not found, completed, in progress, no checkpoint,
                 configuration mismatch, source changed.
+            ExportError: the run-end audit export could not be written (e.g. ``sign`` without
+                ``ELSPETH_SIGNING_KEY``).
         """
         run = self.recovery.check_resumable(run_id)
         point = self.recovery.get_resume_point(run_id)
         loaded = self.settings_for_resume(run, config)
+        check_export_ready(loaded.settings)
         graph = graph or build_graph(loaded.settings)
         if graph.topology_hash != run["topology_hash"]:
             raise ConfigurationMismatch(

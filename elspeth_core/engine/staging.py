@@ -37,7 +37,7 @@ class StagingSession(RunSession):
         rows = {name: pending for name, pending in self._sink_rows.items() if pending}
         if self.records.is_empty() and not rows:
             return
-        self.payloads.sync()
+        # No fsync here: the payload pack is synced once, before the staging file is written.
         self.staged.append((self.records, rows))
         self.records = ChunkRecords()
         self._sink_rows = {name: [] for name in self.graph.sinks}
@@ -75,6 +75,7 @@ def compute_partition_rows(
             raise ConfigError(
                 "a join is still waiting at a partition boundary; run this pipeline without Dask"
             )
+        session.payloads.sync()
         path = Path(staging_dir) / f"{start:012d}.pkl"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:

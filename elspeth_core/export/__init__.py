@@ -7,16 +7,28 @@ Pitfall: the signing key is read from ``ELSPETH_SIGNING_KEY`` only, never from s
 key in the settings would sit next to the exports it is meant to protect).
 """
 
-from elspeth_core.export.exceptions import ExportError, ExportTampered, SigningKeyMissing
+from elspeth_core.export.exceptions import (
+    ExportError,
+    ExportTampered,
+    RunExportFailed,
+    SigningKeyMissing,
+)
 from elspeth_core.export.verify import VerifyReport, verify_export
-from elspeth_core.export.writer import check_export_ready, export_if_configured, export_run
+from elspeth_core.export.writer import (
+    check_export_ready,
+    export_command_for,
+    export_if_configured,
+    export_run,
+)
 
 __all__ = [
     "ExportError",
     "ExportTampered",
+    "RunExportFailed",
     "SigningKeyMissing",
     "VerifyReport",
     "check_export_ready",
+    "export_command_for",
     "export_if_configured",
     "export_run",
     "verify_export",

@@ -11,6 +11,28 @@ class ExportError(ElspethError):
     exit_code = 1
 
 
+class RunExportFailed(ExportError):
+    """A run ended (final status recorded, outputs durable) but its run-end audit export failed.
+
+    Nothing about the run is undone: the error says so and how to write the export again.
+
+    Attributes:
+        run_id: the run.
+        status: the final status already recorded (``completed`` or ``failed``).
+        result: what the run's caller would have got back (the engine's ``RunResult``).
+    """
+
+    exit_code = 2
+
+    def __init__(
+        self, message: str, *, run_id: str, status: str, hint: str, result: object = None
+    ) -> None:
+        super().__init__(message, hint=hint, run_id=run_id, status=status)
+        self.run_id = run_id
+        self.status = status
+        self.result = result
+
+
 class SigningKeyMissing(ExportError):
     """Signing or verifying a signed export needs ``ELSPETH_SIGNING_KEY``."""
 

@@ -7,6 +7,7 @@ sees half an export under the final name, and a crash leaves at most a ``.partia
 from __future__ import annotations
 
 import os
+import shlex
 from collections import Counter
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from elspeth_core.export.formats import FORMAT, FORMATS, ExportWriter
 from elspeth_core.export.signing import SignatureChain, key_id, signing_key
 from elspeth_core.hashing import CANONICAL_VERSION
 from elspeth_core.landscape import LandscapeDB, LandscapeQueries
+from elspeth_core.landscape.access import safe_url
 from elspeth_core.landscape.audit_records import AUDIT_TABLES, iter_audit_records
 
 
@@ -135,6 +137,9 @@ def check_export_ready(
 ) -> None:
     """Fail before a run starts if its run-end export could not be written.
 
+    Called before anything of a run is recorded (and by ``elspeth validate``), so a run that could
+    not be exported at its end is refused instead of being left without its export.
+
     Raises:
         SigningKeyMissing: ``landscape.export.sign`` without ``ELSPETH_SIGNING_KEY``.
         ExportError: the export sink is missing or has no ``path`` option.
@@ -145,11 +150,28 @@ def check_export_ready(
     sink = settings.sinks.get(export.sink or "")
     if sink is None or not sink.options.get("path"):
         raise ExportError(
-            f"landscape.export.sink {export.sink!r} is not a sink with a 'path' option",
+            f"the audit export sink {export.sink!r} is not a sink with a 'path' option",
             hint="Name one of the settings' sinks (a csv or json sink with a path).",
         )
     if export.sign:
-        signing_key(environ, purpose="landscape.export.sign")
+        signing_key(environ, purpose="a signed run-end audit export")
+
+
+def export_command_for(run_id: str, settings: ElspethSettings, database_url: str) -> str:
+    """The ``elspeth export`` command that writes a run's ``landscape.export`` file again.
+
+    The database URL is shown with its password masked: the hint ends up in logs.
+    """
+    export = settings.landscape.export
+    sink = settings.sinks.get(export.sink or "")
+    path = (sink.options.get("path") if sink is not None else None) or "FILE"
+    parts = ["elspeth export", shlex.quote(run_id), "--output", shlex.quote(str(path))]
+    if export.format != "json":
+        parts += ["--format", export.format]
+    if export.sign:
+        parts.append("--sign")
+    parts += ["--database", shlex.quote(safe_url(database_url))]
+    return " ".join(parts)
 
 
 def _fsync_dir(folder: Path) -> None:
