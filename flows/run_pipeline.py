@@ -27,7 +27,7 @@ from elspeth_core.config import LoadedSettings, load_settings, load_settings_fro
 from elspeth_core.engine.faults import FaultInjector
 from elspeth_core.engine.orchestrator import Orchestrator
 from elspeth_core.errors import ElspethError, RunAlreadyCompleted
-from elspeth_core.landscape import LandscapeDB, LandscapeQueries
+from elspeth_core.landscape import LandscapeDB, LandscapeQueries, LandscapeRecorder
 from flows.sessions import OpenRun, forget, recall, remember
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
@@ -172,10 +172,13 @@ def _landscape_facts(db: LandscapeDB, run_id: str) -> dict[str, Any]:
     queries = LandscapeQueries(db)
     run = queries.get_run(run_id) or {}
     url = str(db.url)
+    batches = LandscapeRecorder(db).get_batches(run_id)
     return {
         "error": run.get("error"),
         "rows_total": queries.count_rows(run_id),
         "attempts": len(queries.attempts(run_id)),
+        # A batch retried after a crash or a failure is recorded again with attempt > 1.
+        "batch_retries": sum(1 for b in batches if b["attempt"] > 1),
         # Only a SQLite URL is safe to show: a server URL may carry a password.
         "landscape": url if url.startswith("sqlite") else None,
     }
@@ -288,7 +291,8 @@ def _summary_artifact(result: dict[str, Any]) -> None:
 | rows read (this attempt) | {result["rows"]} |
 | quarantined | {result["quarantined"]} |
 | failed | {result["failed"]} |
-| batches | {result["batches"]} |
+| batches (this attempt) | {result["batches"]} |
+| batch retries (all attempts) | {result.get("batch_retries", 0)} |
 | attempt | {result["attempt"]} of {result.get("attempts", result["attempt"])} |
 | duration (this attempt) | {result["duration_seconds"]:.2f} s |
 | rows/s | {result["rows_per_second"]:,.0f} |
@@ -326,8 +330,6 @@ def _mark_landscape(flow: Any, flow_run: Any, state: Any, status: str) -> None:
         with LandscapeDB(url, create=False) as db:
             run = LandscapeQueries(db).run_for_flow_run(str(flow_run.id))
             if run and run["status"] == "running":
-                from elspeth_core.landscape import LandscapeRecorder
-
                 LandscapeRecorder(db).mark_run(
                     run["run_id"], status, reason=f"Prefect flow run {state.name}"
                 )
@@ -373,7 +375,13 @@ def run_pipeline(
     return _drive(started)
 
 
-@flow(name="resume_run", on_failure=[_on_failure], on_crashed=[_on_crashed], log_prints=True)
+@flow(
+    name="resume_run",
+    on_failure=[_on_failure],
+    on_crashed=[_on_crashed],
+    on_cancellation=[_on_crashed],
+    log_prints=True,
+)
 def resume_run(run_id: str, database: str | None = None) -> dict[str, Any]:
     """Resume an ELSPETH run by ID; refusals fail the flow run with the refusal message."""
     _core_logs_to_flow_run()
