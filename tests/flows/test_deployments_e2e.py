@@ -3,7 +3,8 @@
 What an operator does, with nothing mocked: trigger `run-pipeline`, lose the flow-run process
 to a SIGKILL mid-way, press Retry (the request the UI sends), and get the same ELSPETH run
 completed with outputs byte-identical to a run that never crashed. The same through the
-`resume-run` deployment for a run that crashed outside Prefect (the CLI), and a run whose rows
+`resume-run` deployment for a run that crashed outside Prefect (the CLI): its flow run is
+SIGKILLed mid-way too and retried from the UI. A run whose rows
 fail for good ends `Failed` with the reason in the summary artifact and the landscape.
 
 The server, worker and deployments come from `conftest.deployed_project` (one per session).
@@ -257,7 +258,29 @@ async def _observations(flow_run_id: Any) -> tuple[list[Any], list[Any], int]:
         )
 
 
-def test_resume_run_deployment_finishes_a_run_that_crashed_in_the_cli(
+async def _resume_sigkill_then_retry(url: str, run_id: str, rows_at_crash: int) -> FlowRun:
+    """Trigger `resume-run`, SIGKILL its flow-run process mid-way, retry it as the UI does."""
+    flow_run = await run_deployment(
+        RESUME_RUN, parameters={"run_id": run_id, "database": url}, timeout=0
+    )
+    await _wait_for_committed_rows(url, rows_at_crash + KILL_AFTER_ROWS)
+    [pid] = flow_run_pids(flow_run.id)
+    os.kill(pid, signal.SIGKILL)
+    [(_, _, rows_at_kill, _)] = _runs(url)
+    assert rows_at_kill < ROWS, "killed too late to prove a second resume"
+    async with get_client() as client:
+        crashed = await wait_for_flow_run(
+            client, flow_run.id, lambda r: r.state is not None and r.state.is_final()
+        )
+        assert crashed.state is not None and crashed.state.is_crashed(), crashed.state
+        await wait_for_worker_release(client, flow_run.id, timeout=90)
+        assert _runs(url)[0][1] == "interrupted"  # resume_run's on_crashed hook
+        result = await retry_like_ui(client, flow_run.id)
+        assert result.state is not None and result.state.name == "AwaitingRetry", result
+    return await _final(flow_run.id)
+
+
+def test_resume_run_deployment_finishes_a_cli_crash_and_survives_its_own_sigkill(
     reference: ReferenceRun,
     source: Path,
     deployed_project: DeployedProject,
@@ -276,18 +299,18 @@ def test_resume_run_deployment_finishes_a_run_that_crashed_in_the_cli(
     assert status == "running" and 0 < rows_at_crash < ROWS and linked is None
 
     with deployed_project.client_settings():
-        flow_run = run_deployment(
-            RESUME_RUN, parameters={"run_id": run_id, "database": url}, timeout=0
-        )
-        final = asyncio.run(_final(flow_run.id))
+        final = asyncio.run(_resume_sigkill_then_retry(url, run_id, rows_at_crash))
         artifacts, _, _ = asyncio.run(_observations(final.id))
 
     assert final.state is not None and final.state.is_completed(), final.state
+    assert final.run_count == 2
     assert _runs(url)[0][:3] == (run_id, "completed", ROWS)
-    # The CLI attempt died without a hook: the takeover marked it interrupted.
+    # The CLI attempt died without a hook: the takeover marked it interrupted. The killed
+    # resume_run attempt and its UI retry belong to the same flow run.
     assert _attempts(url, run_id) == [
         (1, "run", "interrupted", None),
-        (2, "resume", "completed", str(final.id)),
+        (2, "resume", "interrupted", str(final.id)),
+        (3, "resume", "completed", str(final.id)),
     ]
     assert sink_files(settings.parent) == reference.files()
     url_invariants(url, run_id, ROWS)
