@@ -43,6 +43,21 @@ def can_merge_incomplete(settings: Any, join: PendingJoin) -> bool:
     return settings.policy in ("quorum", "first") and join_ready(settings, join)
 
 
+def join_timed_out(settings: Any, join: PendingJoin, now: float) -> bool:
+    """Whether a ``best_effort`` join has waited ``timeout_seconds`` and merges what arrived.
+
+    ``now`` is the same monotonic clock ``join.opened_at`` was read from (a resumed join's
+    ``opened_at`` is rebuilt from its recorded elapsed age).
+    """
+    return (
+        settings.policy == "best_effort"
+        and settings.timeout_seconds is not None
+        and bool(join.arrived)
+        and not join.merged
+        and now - join.opened_at >= settings.timeout_seconds
+    )
+
+
 def ordered_arrivals(settings: Any, join: PendingJoin) -> list[Token]:
     """The arrived branch tokens in the coalesce's ``branches`` order."""
     return [join.arrived[b] for b in settings.branches if b in join.arrived]

@@ -53,6 +53,7 @@ from elspeth_core.engine.coalesce import (
     PendingJoin,
     can_merge_incomplete,
     join_ready,
+    join_timed_out,
     merged_data,
     ordered_arrivals,
 )
@@ -179,6 +180,9 @@ class RunSession:
         }
         self._has_timeouts = any(
             node.settings.trigger.timeout_seconds is not None for node, _p, _c in self.aggregations
+        ) or any(
+            node.settings.policy == "best_effort" and node.settings.timeout_seconds is not None
+            for node in g.coalesces.values()
         )
         self.gates = [(node, Expression.parse(node.settings.condition)) for node in g.gates]
         self.sinks = {
@@ -757,6 +761,20 @@ class RunSession:
                 fired = fired_trigger(node, batch, self.clock, token=None, condition=None)
                 if fired is not None:
                     self._close_batch(batch, *fired)
+        self._merge_timed_out_joins()
+
+    def _merge_timed_out_joins(self) -> None:
+        """Merge every best_effort join that waited its ``timeout_seconds`` (records only).
+
+        Called between source rows, never inside a fork: every child of a fork has arrived by
+        then, so a join merged here can take no late arrival and leaves the checkpoint state.
+        """
+        now = self.clock.monotonic()
+        for key, join in list(self.pending_joins.items()):
+            node = self.graph.coalesces[join.coalesce]
+            if join_timed_out(node.settings, join, now):
+                self._merge(node, key, join)
+                self.pending_joins.pop(key, None)
 
     def check_timeouts(self) -> None:
         """Run the batches whose timeout elapsed (also called between chunks)."""

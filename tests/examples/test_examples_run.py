@@ -3,7 +3,9 @@ says it should.
 
 The examples are copied into a temporary directory that stands in for the repository root (their
 paths are relative to it, as in ELSPETH 0.1), so the repository is never written to. Expected
-counts are computed here from each example's input file, independently of the engine.
+counts and outputs are computed here from each example's input file, independently of the engine;
+where an example's point is in the audit trail (which branches merged, why a batch fired, what the
+run-end export holds), that is checked in the landscape too.
 """
 
 from __future__ import annotations
@@ -17,13 +19,24 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from examples.generate import generate
-from tests.support.cli import REPO, run_cli, run_ids
+from tests.support.cli import REPO, query, run_cli, run_ids
 from tests.support.pipelines import assert_every_token_terminal_once, read_csv, read_jsonl
 
 EXAMPLES = REPO / "examples"
 TRUE, FALSE = {"true", "yes"}, {"false", "no"}
+SIGNING_KEY = "examples-test-signing-key"
+# The environment an example runs with (besides the test's own): audited_operations turns on
+# signing and raises retry.max_attempts through ELSPETH_<SECTION>__<KEY> overrides.
+ENVIRONMENT: dict[str, dict[str, str]] = {
+    "audited_operations": {
+        "ELSPETH_SIGNING_KEY": SIGNING_KEY,
+        "ELSPETH_LANDSCAPE__EXPORT__SIGN": "true",
+        "ELSPETH_RETRY__MAX_ATTEMPTS": "5",
+    },
+}
 
 
 def _threshold_gate(root: Path) -> dict[str, int]:
@@ -103,6 +116,205 @@ def _database_sink(root: Path) -> dict[str, int]:
     return {"readings": len(rows), "faulty": len(faulty)}
 
 
+def _audit_db(root: Path) -> tuple[Path, str]:
+    db = root / "runs/audit.db"
+    (run_id,) = run_ids(db)
+    return db, run_id
+
+
+def _payment(row: dict[str, str]) -> dict[str, object]:
+    return {
+        "id": int(row["id"]),
+        "payer": row["payer"],
+        "channel": row["channel"],
+        "amount": float(row["amount"]),
+    }
+
+
+def _coalesce_policies(root: Path) -> dict[str, int]:
+    payments = read_csv(root / "examples/coalesce_policies/payments.csv")
+    # Branches each policy merges: quorum 2 of 3, the first to arrive, best_effort what arrived.
+    merged_from = {
+        "wire": ["compliance", "sanctions"],
+        "card": ["card_fast"],
+        "large cash": ["cash_count", "cash_log", "cash_escalation"],
+        "cash": ["cash_count", "cash_log"],
+    }
+    late = {"wire": ["ledger"], "card": ["card_full"]}
+
+    def kind(p: dict[str, str]) -> str:
+        large = p["channel"] == "cash" and float(p["amount"]) >= 1000
+        return "large cash" if large else p["channel"]
+
+    # Incomplete best_effort joins (ordinary cash) merge at the end of the source, in order.
+    waiting = [p for p in payments if kind(p) == "cash"]
+    written = read_jsonl(root / "examples/coalesce_policies/out/payments.jsonl")
+    assert written == [_payment(p) for p in payments if kind(p) != "cash"] + [
+        _payment(p) for p in waiting
+    ]
+    db, run_id = _audit_db(root)
+    parents: dict[int, list[str]] = {}
+    for index, branch in query(
+        db,
+        f"""SELECT r.row_index, c.branch_name FROM tokens m
+            JOIN rows r ON r.row_id = m.row_id
+            JOIN token_parents p ON p.token_id = m.token_id
+            JOIN tokens c ON c.token_id = p.parent_token_id
+            WHERE m.run_id = '{run_id}' AND m.join_group_id IS NOT NULL
+            ORDER BY r.row_index, p.ordinal""",
+    ):
+        parents.setdefault(index, []).append(branch)
+    assert parents == {
+        i: merged_from[kind(p)] for i, p in enumerate(payments) if kind(p) in merged_from
+    }
+    late_arrivals = query(
+        db,
+        f"""SELECT c.branch_name FROM token_outcomes o JOIN tokens c ON c.token_id = o.token_id
+            WHERE o.run_id = '{run_id}' AND o.outcome = 'coalesced'
+            AND o.reason LIKE 'late arrival%'""",
+    )
+    assert sorted(b for (b,) in late_arrivals) == sorted(
+        b for p in payments for b in late.get(kind(p), [])
+    )
+    return {"payments": len(payments)}
+
+
+def _aggregation_triggers(root: Path) -> dict[str, int]:
+    events = read_csv(root / "examples/aggregation_triggers/events.csv")
+    windows: list[list[dict[str, str]]] = [[]]
+    for event in events:
+        windows[-1].append(event)
+        if event["event"] == "checkout" or len(windows[-1]) >= 6:
+            windows.append([])
+    reasons = ["condition"] * (len(windows) - 1)
+    if windows[-1]:
+        reasons.append("end_of_source")
+    else:
+        windows.pop()
+    written = read_csv(root / "examples/aggregation_triggers/out/windows.csv")
+    assert [(w["session"], int(w["count"]), int(w["batch_size"])) for w in written] == [
+        (members[0]["session"], len(members), len(members)) for members in windows
+    ]
+    for row, members in zip(written, windows, strict=True):
+        total = sum(float(m["amount"]) for m in members)
+        assert float(row["sum"]) == pytest.approx(total)
+        assert float(row["mean"]) == pytest.approx(total / len(members))
+    db, run_id = _audit_db(root)
+    batches = query(
+        db,
+        f"""SELECT trigger_type FROM batches WHERE run_id = '{run_id}'
+            ORDER BY created_at, batch_id""",
+    )
+    assert [t for (t,) in batches] == reasons
+    return {"windows": len(windows)}
+
+
+def _json_documents(root: Path) -> dict[str, int]:
+    document = json.loads((root / "examples/json_documents/tickets.json").read_text("utf-8"))
+    counts = {"tickets": 0, "incomplete": 0, "sensitive": 0}
+    expected = []
+    for ticket in document["tickets"]:
+        if any(f not in ticket for f in ("ticket_id", "customer", "subject", "body")):
+            counts["incomplete"] += 1
+        elif "password" in ticket["body"].lower() or "card number" in ticket["body"].lower():
+            counts["sensitive"] += 1
+        else:
+            text = ticket["body"]
+            counts["tickets"] += 1
+            expected.append(
+                {
+                    "id": ticket["ticket_id"],
+                    "customer": ticket["customer"],
+                    "title": ticket["subject"],
+                    "text": text if len(text) <= 48 else text[:45] + "...",
+                }
+            )
+    written = json.loads((root / "examples/json_documents/out/tickets.json").read_text("utf-8"))
+    assert written == expected
+    sensitive = read_jsonl(root / "examples/json_documents/out/sensitive.jsonl")
+    assert all(set(s) == {"id", "customer", "title", "text"} for s in sensitive)
+    db, run_id = _audit_db(root)
+    destinations = query(
+        db,
+        f"""SELECT destination, count(*) FROM transform_errors WHERE run_id = '{run_id}'
+            GROUP BY destination""",
+    )
+    assert dict(destinations) == {k: n for k, n in counts.items() if k != "tickets" and n}
+    return counts
+
+
+def _csv_dialect(root: Path) -> dict[str, int]:
+    source = root / "examples/csv_dialect/stations.csv"
+    with source.open(newline="", encoding="latin-1") as handle:
+        lines = handle.readlines()[2:]  # skip_rows: 2
+    records = list(csv.DictReader(lines, delimiter=";"))
+    stations = [s for s in records if _is_float(s["temperature_c"])]
+    hot = [s for s in stations if float(s["temperature_c"]) >= 25]  # ${HOT_THRESHOLD:-25}
+    expected = {"hot": hot, "readings": [s for s in stations if s not in hot]}
+    for sink, rows in expected.items():
+        path = root / f"examples/csv_dialect/out/{sink}.csv"  # UTF-8; hot.csv with ";"
+        with path.open(newline="", encoding="utf-8") as handle:
+            written = list(csv.DictReader(handle, delimiter=";" if sink == "hot" else ","))
+        assert [(w["station"], w["city"], float(w["temperature_c"])) for w in written] == [
+            (s["station"], s["city"], float(s["temperature_c"])) for s in rows
+        ]
+    assert any(not s["city"].isascii() for s in stations)
+    invalid = len(records) - len(stations)
+    assert invalid > 0
+    db, run_id = _audit_db(root)  # discarded, but recorded as quarantined with the reason
+    discarded = query(db, f"SELECT count(*) FROM validation_errors WHERE run_id = '{run_id}'")
+    assert discarded == [(invalid,)]
+    return {sink: len(rows) for sink, rows in expected.items()}
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _audited_operations(root: Path) -> dict[str, int]:
+    transfers = read_csv(root / "examples/audited_operations/transfers.csv")
+    flagged_memos = ("refund", "intercompany settlement")
+    review = [
+        t
+        for t in transfers
+        if float(t["amount"]) >= 10000
+        or (t["memo"] in flagged_memos and float(t["amount"]) >= 5000)
+    ]
+    db, run_id = _audit_db(root)
+    ((settings_json,),) = query(db, f"SELECT settings_json FROM runs WHERE run_id = '{run_id}'")
+    recorded = json.loads(settings_json)
+    assert recorded["retry"]["max_attempts"] == 5  # ELSPETH_RETRY__MAX_ATTEMPTS
+    assert recorded["landscape"]["export"]["sign"] is True  # ELSPETH_LANDSCAPE__EXPORT__SIGN
+    assert recorded["rate_limit"]["services"] == {"ledger_api": {"requests_per_second": 5}}
+    assert recorded["concurrency"] == {"max_workers": 2}
+    assert recorded["run_mode"] == "live"
+    packs = list((root / f"examples/audited_operations/out/payloads/{run_id}").glob("*.pack"))
+    assert packs, "the source rows' payloads are kept under payload_store.base_path"
+
+    export = root / "examples/audited_operations/out/audit_export.jsonl"
+    verified = run_cli("verify", str(export), cwd=root, env={"ELSPETH_SIGNING_KEY": SIGNING_KEY})
+    assert verified.code == 0, verified.stderr
+    assert f"of run {run_id} (signed, key id" in verified.stdout
+    entries = read_jsonl(export)
+    manifest = entries[-1]["manifest"]
+    assert manifest["run_id"] == run_id
+    assert manifest["tables"]["rows"] == len(transfers)
+    (run_record,) = [e["record"] for e in entries[:-1] if e["table"] == "runs"]
+    assert run_record["status"] == "completed"  # written after the final status
+    return {"cleared": len(transfers) - len(review), "review": len(review)}
+
+
+def _null_source(root: Path) -> dict[str, int]:
+    db, run_id = _audit_db(root)
+    assert query(db, f"SELECT count(*) FROM rows WHERE run_id = '{run_id}'") == [(0,)]
+    assert (root / "examples/null_source/out/results.csv").read_bytes() == b""
+    return {}
+
+
 EXPECTED: dict[str, Callable[[Path], dict[str, int]]] = {
     "threshold_gate": _threshold_gate,
     "boolean_routing": _boolean_routing,
@@ -111,6 +323,12 @@ EXPECTED: dict[str, Callable[[Path], dict[str, int]]] = {
     "json_explode": _json_explode,
     "fork_coalesce": _fork_coalesce,
     "database_sink": _database_sink,
+    "coalesce_policies": _coalesce_policies,
+    "aggregation_triggers": _aggregation_triggers,
+    "json_documents": _json_documents,
+    "csv_dialect": _csv_dialect,
+    "audited_operations": _audited_operations,
+    "null_source": _null_source,
 }
 
 
@@ -144,18 +362,29 @@ def _file_rows(path: Path) -> int:
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example_runs_and_produces_its_expected_counts(root: Path, name: str) -> None:
     before = _snapshot(REPO / "examples" / name)
-    result = run_cli("run", "-s", f"examples/{name}/settings.yaml", "-x", cwd=root)
+    settings = f"examples/{name}/settings.yaml"
+    result = run_cli("run", "-s", settings, "-x", cwd=root, env=ENVIRONMENT.get(name))
     assert result.code == 0, result.stderr
     assert "completed" in result.stdout
     reported = {m[1]: int(m[2]) for m in re.finditer(r"sink (\w+): (\d+) rows", result.stdout)}
     expected = {sink: n for sink, n in EXPECTED[name](root).items() if n}
     assert reported == expected
+    export = _export_path(root / settings)
     for path in sorted((root / "examples" / name / "out").glob("*")):
-        if path.suffix != ".db":
+        if path.is_file() and path.suffix != ".db" and path != export:
             assert _file_rows(path) == reported.get(path.stem, 0), path.name
     (run_id,) = run_ids(root / "runs/audit.db")
     assert_every_token_terminal_once(root / "runs/audit.db", run_id)
     assert _snapshot(REPO / "examples" / name) == before  # the repository was not written to
+
+
+def _export_path(settings: Path) -> Path | None:
+    """The run-end audit export's file: written by its sink, but not rows of the pipeline."""
+    data = yaml.safe_load(settings.read_text(encoding="utf-8"))
+    export = data.get("landscape", {}).get("export", {})
+    if not export.get("enabled"):
+        return None
+    return settings.parents[2] / data["sinks"][export["sink"]]["options"]["path"]
 
 
 def _snapshot(folder: Path) -> dict[str, int]:
