@@ -179,13 +179,3 @@ class SourceChanged(ResumeRefused):
             hint="Restore the original input, or start a fresh run with --force-new.",
             run_id=run_id,
         )
-
-
-class DuplicateRowId(ResumeRefused):
-    def __init__(self, run_id: str, detail: str) -> None:
-        super().__init__(
-            f"Duplicate row_id in run {run_id}: {detail}",
-            hint="The recorded rows and the source disagree; restore the original input or start "
-            "a fresh run with --force-new.",
-            run_id=run_id,
-        )

@@ -24,6 +24,7 @@ class PayloadIntegrityError(ElspethError):
     """A stored payload no longer matches the hash recorded for it."""
 
 
+_INTEGRITY_HINT = "The payload store was modified; the run cannot be resumed from it."
 _encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 
 
@@ -77,6 +78,10 @@ class PayloadStore:
         """Read a payload; verify its canonical hash when ``expected_hash`` is given.
 
         Returns None when the payload was purged (no ref, or the pack is gone).
+
+        Raises:
+            PayloadIntegrityError: the stored bytes are cut short, do not decode, or (with
+                ``expected_hash``) decode to a value whose canonical hash differs.
         """
         if not ref:
             return None
@@ -88,11 +93,21 @@ class PayloadStore:
                 return None
             reader = self._readers[name] = open(path, "rb")  # noqa: SIM115
         reader.seek(int(offset))
-        value = json.loads(reader.read(int(length)))
-        if expected_hash is not None and stable_hash(value) != expected_hash:
+        data = reader.read(int(length))
+        try:
+            if len(data) != int(length):
+                raise ValueError(f"the pack ends {int(length) - len(data)} bytes short")
+            value = json.loads(data)
+            # NaN or Infinity (never stored: encode_payload refuses them) cannot be hashed.
+            actual = stable_hash(value) if expected_hash is not None else None
+        except ValueError as exc:  # JSON, UTF-8 and canonicalization errors are ValueErrors
+            raise PayloadIntegrityError(
+                f"payload {ref} is damaged: {exc}", hint=_INTEGRITY_HINT
+            ) from exc
+        if expected_hash is not None and actual != expected_hash:
             raise PayloadIntegrityError(
                 f"payload {ref} does not match its recorded hash {expected_hash[:12]}…",
-                hint="The payload store was modified; the run cannot be resumed from it.",
+                hint=_INTEGRITY_HINT,
             )
         return value
 

@@ -158,14 +158,15 @@ class RecoveryManager:
             rows_recorded=self.queries.count_rows(run_id),
             source_exhausted=bool(run.get("source_exhausted")),
             unprocessed_rows=self.get_unprocessed_rows(run_id),
-            batches=self._plan_batches(run, point),
+            batches=self.batch_actions(run, point),
             lease={
                 "owner": run.get("lease_owner"),
                 "expires_at": _iso(run.get("lease_expires_at")),
             },
         )
 
-    def _plan_batches(self, run: dict[str, Any], point: ResumePoint) -> list[BatchAction]:
+    def batch_actions(self, run: dict[str, Any], point: ResumePoint) -> list[BatchAction]:
+        """What a resume does with each batch that is not completed (:func:`plan_batches`)."""
         run_id = str(run["run_id"])
         batches = self.recorder.get_batches(run_id)
         if all(b["status"] == "completed" for b in batches):

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from elspeth_core.checkpoint import CheckpointManager, RecoveryManager, ResumePoint
+from elspeth_core.checkpoint.plan import RERUN_ACTIONS
 from elspeth_core.config import (
     LoadedSettings,
     config_hash,
@@ -360,6 +361,7 @@ class Orchestrator:
         Raises:
             ResumeRefused (and subclasses): not found, completed, in progress, no checkpoint,
                 configuration mismatch, source changed.
+            PayloadIntegrityError: a payload the restore needs (a batch member) is damaged.
             ExportError: the run-end audit export could not be written (e.g. ``sign`` without
                 ``ELSPETH_SIGNING_KEY``).
         """
@@ -391,6 +393,7 @@ class Orchestrator:
         )
         try:
             self._verify_source(session, run)
+            self._verify_held_payloads(session, run, point)
             attempt = self.recorder.acquire_lease(
                 run_id,
                 owner=owner,
@@ -424,6 +427,23 @@ class Orchestrator:
         session.position_source(self.queries.iter_row_hashes(session.run_id), recorded)
         if run["source_exhausted"] and session.peek_more():
             raise SourceChanged(session.run_id, f"the source now has more than {recorded} rows")
+
+    def _verify_held_payloads(
+        self, session: RunSession, run: dict[str, Any], point: ResumePoint
+    ) -> None:
+        """Read every batch member the restore will read, before the resume writes anything.
+
+        A damaged or purged payload then refuses the resume while the run is still exactly as the
+        crash left it (resumable again once the payload store is restored), instead of after the
+        lease, the attempt and the batches' retries were recorded.
+
+        Raises:
+            PayloadIntegrityError: a member's stored payload is damaged or differs from its hash.
+            LandscapeError: a member's payload was purged.
+        """
+        for action in self.recovery.batch_actions(run, point):
+            if action.action in (*RERUN_ACTIONS, "restore"):
+                self._members(session, action.batch_id)
 
     def _restore(self, session: RunSession, point: ResumePoint) -> None:
         """Rebuild a session from the landscape: sinks, open batches, joins, then run retries.

@@ -318,8 +318,10 @@ class LandscapeRecorder:
                 if before_commit is not None:
                     before_commit()
         except IntegrityError as exc:
+            # PostgreSQL's message has a DETAIL line (the key): keep it, on the same line.
+            reason = "; ".join(part.strip() for part in str(exc.orig).splitlines() if part.strip())
             raise LandscapeError(
-                f"landscape refused chunk of run {run_id}: {exc.orig}",
+                f"landscape refused chunk of run {run_id}: {reason}",
                 hint="This is an engine invariant violation; report it with the run ID.",
                 run_id=run_id,
             ) from exc

@@ -303,7 +303,6 @@ def test_the_runbook_documents_its_placeholders_and_every_refusal() -> None:
         "No checkpoint available": errors.NoCheckpoint("R"),
         "Configuration mismatch": errors.ConfigurationMismatch("R", ["x: 1 != 2"]),
         "Source changed": errors.SourceChanged("R", "row 1 differs"),
-        "Duplicate row_id": errors.DuplicateRowId("R", "row 1"),
     }
     for phrase, refusal in refusals.items():
         assert phrase in refusal.message, "the runbook phrase is the product's message"
