@@ -4,6 +4,11 @@ Production code calls ``faults.hit("after_sink_write")`` at the instants a crash
 With no plan (the default) that is a no-op. Tests set ``ELSPETH_FAULT_INJECT=<point>:<n>`` to make the
 process SIGKILL itself the n-th time it reaches that point — a real, uncatchable death, exactly like
 OOM or power loss (no cleanup, no hooks, no flush).
+
+``<point>:<n>:stop`` freezes the process instead (SIGSTOP to itself, all threads) at the n-th hit,
+until someone sends SIGCONT: a process that is alive but paused (a VM or container freeze, a stalled
+disk) while its lease expires and another process takes the run over. It stops between landscape
+transactions of the main thread (its heartbeat thread may be inside one).
 """
 
 from __future__ import annotations
@@ -29,14 +34,19 @@ class FaultInjector:
     def __init__(self, plan: str | None = None) -> None:
         self._point: str | None = None
         self._remaining = 0
+        self._signal = signal.SIGKILL
         if plan:
-            point, _, count = plan.partition(":")
+            point, _, rest = plan.partition(":")
+            count, _, action = rest.partition(":")
             if point not in CRASH_POINTS:
                 raise ValueError(
                     f"unknown crash point {point!r} (known: {', '.join(CRASH_POINTS)})"
                 )
+            if action not in ("", "kill", "stop"):
+                raise ValueError(f"unknown fault action {action!r} (known: kill, stop)")
             self._point = point
             self._remaining = int(count or 1)
+            self._signal = signal.SIGSTOP if action == "stop" else signal.SIGKILL
 
     @classmethod
     def from_env(cls) -> FaultInjector:
@@ -47,4 +57,6 @@ class FaultInjector:
             return
         self._remaining -= 1
         if self._remaining <= 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+            if self._signal == signal.SIGSTOP:
+                self._point = None  # a pause happens once; continued, the process runs on
+            os.kill(os.getpid(), self._signal)

@@ -159,6 +159,7 @@ class Orchestrator:
         digest = config_hash(resolved)
         run_id = new_id()
         owner = make_owner()
+        acquired_at = time.monotonic()
         self.recorder.begin_run(
             {
                 "run_id": run_id,
@@ -180,7 +181,7 @@ class Orchestrator:
             ),
         )
         log.info("run %s started (config %s)", run_id, digest[:12])
-        session = self._session(run_id, settings, graph, owner, 1, digest)
+        session = self._session(run_id, settings, graph, owner, 1, digest, acquired_at)
         session.restore_sinks({})
         session.commit()  # every sink's starting point is on record before any row is written
         return session
@@ -301,6 +302,7 @@ class Orchestrator:
         owner: str,
         attempt: int,
         digest: str,
+        acquired_at: float,
     ) -> RunSession:
         session = RunSession(
             run_id=run_id,
@@ -318,7 +320,9 @@ class Orchestrator:
             config_hash=digest,
         )
         session.started = time.perf_counter()
-        session.keeper = LeaseKeeper(self.recorder, run_id, owner, self.lease_seconds).start()
+        session.keeper = LeaseKeeper(
+            self.recorder, run_id, owner, self.lease_seconds, acquired_at=acquired_at
+        ).start()
         return session
 
     # ------------------------------------------------------------------ resume
@@ -394,6 +398,7 @@ class Orchestrator:
         try:
             self._verify_source(session, run)
             self._verify_held_payloads(session, run, point)
+            acquired_at = time.monotonic()
             attempt = self.recorder.acquire_lease(
                 run_id,
                 owner=owner,
@@ -407,7 +412,9 @@ class Orchestrator:
             raise
         session.attempt = attempt
         session.started = time.perf_counter()
-        session.keeper = LeaseKeeper(self.recorder, run_id, owner, self.lease_seconds).start()
+        session.keeper = LeaseKeeper(
+            self.recorder, run_id, owner, self.lease_seconds, acquired_at=acquired_at
+        ).start()
         try:
             self.faults.hit("resume_start")
             self._restore(session, point)

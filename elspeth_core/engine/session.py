@@ -9,6 +9,10 @@ forks and coalesces to the sinks, and collects every audit record of the current
 3. ONE landscape transaction records the rows, tokens, states, outcomes, the sinks' publication
    states and the checkpoint, fenced by the lease.
 
+Before (1) and (2), and before each source row, the session checks that it still holds the lease
+(``LeaseKeeper.check``): a process paused until another one took the run over must not write a
+byte into sinks the new owner is writing; the landscape fence alone would come too late.
+
 A crash before (3) leaves sink bytes the landscape does not vouch for: resume cuts them off. A crash
 after (3) loses nothing. So outcome ``completed`` is never recorded before its sink write is durable,
 and no sink write is ever repeated. The session holds no state that is not derivable from the
@@ -59,6 +63,7 @@ from elspeth_core.engine.coalesce import (
 )
 from elspeth_core.engine.expressions import Expression
 from elspeth_core.engine.faults import FaultInjector
+from elspeth_core.engine.lease import LeaseKeeper
 from elspeth_core.engine.progress import NullProgress, Progress
 from elspeth_core.engine.tokens import Token
 from elspeth_core.errors import ElspethError, SourceChanged, TransientError
@@ -136,7 +141,7 @@ class RunSession:
         self._reasons: dict[Any, str] = {}
         self._recorded_at = now()
         self.started = time.perf_counter()
-        self.keeper: Any = None
+        self.keeper: LeaseKeeper | None = None  # set by the orchestrator once the lease is held
         self.records = ChunkRecords()
         self.sequence = 0
         self.rows_ingested = 0
@@ -272,6 +277,7 @@ class RunSession:
                 self.source_exhausted = True
                 break
             self.faults.hit("source_read")
+            self._check_lease()
             self._ingest(raw, self.rows_ingested)
             done += 1
             self._rows_since_commit += 1
@@ -932,6 +938,7 @@ class RunSession:
         progressed = (self.rows_ingested, self.source_exhausted) != self._committed_position
         if not touched and self.records.is_empty() and not progressed:
             return
+        self._check_lease()
         for name in touched:
             sink = self.sinks[name]
             rows = self._sink_rows[name]
@@ -955,11 +962,13 @@ class RunSession:
             self._published.add(name)
         if touched:
             self.faults.hit("after_sink_write")
+        self._check_lease()
         self.payloads.sync()
         self.records.rows_ingested = self.rows_ingested
         self.records.source_exhausted = self.source_exhausted
         if checkpoint and self.checkpoint_on:
             self.records.checkpoint = self._checkpoint_record()
+        sent = time.monotonic()
         self.recorder.commit_chunk(
             self.run_id,
             self.records,
@@ -967,6 +976,8 @@ class RunSession:
             lease_seconds=self.lease_seconds,
             before_commit=lambda: self.faults.hit("during_commit"),
         )
+        if self.keeper is not None:
+            self.keeper.extended(sent)  # the fence extended the lease
         self.stats.commits += 1
         self.progress.advance(self._rows_since_commit, run_id=self.run_id)
         self._rows_since_commit = 0
@@ -974,6 +985,11 @@ class RunSession:
         self._recorded_at = now()
         self._committed_position = (self.rows_ingested, self.source_exhausted)
         self.faults.hit("after_commit")
+
+    def _check_lease(self) -> None:
+        """Stop (``LeaseLostError``) before any further effect if the run was taken over."""
+        if self.keeper is not None:
+            self.keeper.check()
 
     def _checkpoint_record(self) -> dict[str, Any]:
         self.sequence += 1
