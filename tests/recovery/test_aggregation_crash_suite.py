@@ -333,7 +333,7 @@ def _assert_crash_state(work: Path, point: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("shape", "kills_wanted", "seed"), [("chain", 14, 20261125), ("explode", 10, 4711)]
+    ("shape", "kills_wanted", "seed"), [("chain", 20, 20261125), ("explode", 20, 4711)]
 )
 def test_random_sigkill_instants(
     tmp_path: Path,

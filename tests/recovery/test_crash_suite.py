@@ -139,43 +139,73 @@ def test_named_crash_points(
     assert f'"attempt": {attempts}' in shown.stdout
 
 
+RANDOM_KILLS = 24
+
+
 def test_random_sigkill_instants(
-    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], landscape: str
+    tmp_path: Path,
+    input_csv: Path,
+    reference: dict[str, bytes],
+    landscape: str,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """24 SIGKILLs at seeded random instants (start-up, processing, resumes), then completion.
+    """24 SIGKILLs at seeded random instants (start-up, processing, resumes), in chains.
 
     Instants are drawn from the start-up time of a CLI process and the wall time of a crash-free
     run, both measured in the same session, so kills land in start-up, source verification and
-    processing whatever the machine's load, and each attempt gets only a few percent further.
+    processing whatever the machine's load. A run that completes before all the kills were made
+    (the machine got faster than when it was measured) is checked like every other, and a fresh
+    run in a new landscape takes the remaining kills: the count of kills never depends on luck.
     """
     rng = random.Random(20261125)
     full, startup = REFERENCE_SECONDS[0], REFERENCE_SECONDS[1]
-    settings = _settings(tmp_path, input_csv, landscape)
-    kills = kills_with_run = 0
-    while kills < 24:
-        ids = url_run_ids(landscape)
-        args = (
-            ["resume", ids[0], "-d", landscape, "-x"] if ids else ["run", "-s", str(settings), "-x"]
-        )
-        proc = popen_cli(*args, cwd=tmp_path)
-        try:
-            proc.wait(timeout=rng.uniform(0.6, 1.1) * startup + rng.uniform(0.0, 0.06) * full)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-        _, stderr = proc.communicate()
-        if proc.returncode == 0:
-            break  # it finished before the kill
-        assert proc.returncode == -signal.SIGKILL, stderr
-        kills += 1
-        kills_with_run += bool(ids)
-    ids = url_run_ids(landscape)
-    done = bool(ids) and url_query(landscape, "SELECT status FROM runs")[0][0] == "completed"
-    if not done:
-        _resume_until_done(tmp_path, landscape, settings, [])
-    assert kills >= 20, f"only {kills} kills happened before the run completed"
+    kills = kills_with_run = chains = 0
+    url = landscape
+    while kills < RANDOM_KILLS:
+        work = tmp_path / f"chain-{chains}"
+        work.mkdir()
+        if chains:
+            url = _fresh_landscape(request, landscape, work)
+        chains += 1
+        settings = _settings(work, input_csv, url)
+        while kills < RANDOM_KILLS:
+            ids = url_run_ids(url)
+            args = (
+                ["resume", ids[0], "-d", url, "-x"] if ids else ["run", "-s", str(settings), "-x"]
+            )
+            proc = popen_cli(*args, cwd=work)
+            try:
+                proc.wait(timeout=rng.uniform(0.6, 1.1) * startup + rng.uniform(0.0, 0.06) * full)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            _, stderr = proc.communicate()
+            if proc.returncode == 0 or "Run already completed" in stderr:
+                break  # it finished before the kill (or just before the previous one)
+            assert proc.returncode == -signal.SIGKILL, stderr
+            kills += 1
+            kills_with_run += bool(ids)
+        ids = url_run_ids(url)
+        done = bool(ids) and url_query(url, "SELECT status FROM runs")[0][0] == "completed"
+        if not done:
+            _resume_until_done(work, url, settings, [])
+        _check(work, reference, url)
+    print(f"random kills: {kills} ({kills_with_run} of a recorded run) in {chains} chain(s)")
+    assert kills == RANDOM_KILLS
     assert kills_with_run >= 10, f"only {kills_with_run} kills interrupted a recorded run"
-    _check(tmp_path, reference, landscape)
+
+
+def _fresh_landscape(request: pytest.FixtureRequest, landscape: str, work: Path) -> str:
+    """An empty landscape of the same backend as ``landscape``, for another chain of kills."""
+    if landscape.startswith("sqlite"):
+        return f"sqlite:///{work / 'audit.db'}"
+    from tests.support.pg_fixtures import unique_database_name
+
+    server = request.getfixturevalue("pg_server")
+    name = unique_database_name(f"chain_{work.name}")
+    url = str(server.create_database(name))
+    request.addfinalizer(lambda: server.drop_database(name))
+    return url
 
 
 def test_concurrent_resumes_exactly_one_proceeds(
