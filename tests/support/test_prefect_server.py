@@ -4,7 +4,8 @@ A real server, a real `process` worker and deployments from a real prefect.yaml:
 flow-run process is SIGKILLed mid-run, the server must show it Crashed, and the UI's Retry
 (as `retry_like_ui` sends it) must run the same flow run again with run_count 2. The UI
 test checks that the flow-run and artifact pages render what the product will show.
-The harness test checks `prefect_test_harness` with the pinned FastAPI.
+The harness test lives in `test_prefect_harness.py`: this module's server is the ambient API
+while its fixture is up, and a flow run there would not be the harness's.
 """
 
 from __future__ import annotations
@@ -21,20 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prefect import flow, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    update_progress_artifact,
-)
 from prefect.client.orchestration import get_client
-from prefect.context import FlowRunContext
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from .browser import chromium_path, render_dom, visible_text
 from .flow_runs import (
-    count_task_runs,
     read_run_artifacts,
     retry_like_ui,
     wait_for,
@@ -172,41 +165,3 @@ def test_ui_renders_flow_run_and_artifacts(toy_project: ToyProject) -> None:
         render_dom(f"{base}/v2/artifacts/artifact/{artifacts['toy-summary'].id}")
     )
     assert "Run ui-check processed 30 rows in attempt 1." in summary
-
-
-@flow(name="harness-toy")
-def _harness_toy(chunks: int) -> dict[str, Any]:
-    context = FlowRunContext.get()
-    assert context is not None and context.flow_run is not None
-    progress = create_progress_artifact(progress=0.0, key="harness-progress")
-    total = 0
-    for index in range(chunks):
-        total += _double.submit(index).result()
-        update_progress_artifact(progress, progress=100.0 * (index + 1) / chunks)
-    create_markdown_artifact(markdown=f"total **{total}**", key="harness-summary")
-    return {"flow_run_id": str(context.flow_run.id), "total": total}
-
-
-@task
-def _double(value: int) -> int:
-    return 2 * value
-
-
-def test_flow_runs_inside_prefect_test_harness(prefect_harness: float) -> None:
-    result = _harness_toy(chunks=5)
-    assert result["total"] == 20
-
-    async def inspect() -> tuple[int, dict[str, Any]]:
-        async with get_client() as client:
-            tasks = await wait_for(
-                lambda: count_task_runs(client, result["flow_run_id"]),
-                lambda n: n == 5,
-                what="5 task runs",
-            )
-            artifacts = await read_run_artifacts(client, result["flow_run_id"])
-            return tasks, {a.key: a.data for a in artifacts}
-
-    tasks, artifacts = asyncio.run(inspect())
-    assert tasks == 5
-    assert artifacts == {"harness-progress": 100.0, "harness-summary": "total **20**"}
-    print(f"prefect_test_harness started in {prefect_harness:.1f}s")
