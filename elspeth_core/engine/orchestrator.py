@@ -431,7 +431,17 @@ class Orchestrator:
                 f"run {session.run_id}: rows table and ingest position disagree",
                 hint="The landscape was modified by hand; start a fresh run with --force-new.",
             )
-        session.position_source(self.queries.iter_row_hashes(session.run_id), recorded)
+        position = json.loads(run.get("source_position_json") or "null")
+        if position and position.get("rows") == recorded and session.seek_source(position):
+            log.info(
+                "run %s: the %d recorded rows verified by one digest over the source's first "
+                "%d bytes",
+                session.run_id,
+                recorded,
+                position["offset"],
+            )
+        else:
+            session.position_source(self.queries.iter_row_hashes(session.run_id), recorded)
         if run["source_exhausted"] and session.peek_more():
             raise SourceChanged(session.run_id, f"the source now has more than {recorded} rows")
 

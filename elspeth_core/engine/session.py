@@ -167,6 +167,10 @@ class RunSession:
         g = self.graph
         src_opts = dict(g.source.options)
         self.source = registry.create("source", g.source.plugin_name, src_opts)
+        # A seekable source reports its byte position after each record (see position_json).
+        self._tracks_position = bool(getattr(self.source, "seekable", False))
+        self._source_pos: tuple[int, int] | None = None
+        self._source_pos_rows = -1
         self.schema = RowSchema.from_options(src_opts.get("schema"))
         self.quarantine_dest = src_opts.get("on_validation_failure") or "discard"
         self.transforms = []
@@ -231,6 +235,32 @@ class RunSession:
             close()
 
     # ------------------------------------------------------------------ source
+    def seek_source(self, position: dict[str, Any]) -> bool:
+        """Continue the source after the recorded rows if the bytes before them are unchanged.
+
+        One SHA-256 over the file's first ``position["offset"]`` bytes stands for every recorded
+        row (identical bytes parse to identical rows); False (nothing opened) when the source
+        cannot seek or the digest differs, and :meth:`position_source` must check row by row.
+        """
+        if not self._tracks_position or not self.source.verify_prefix(
+            position["offset"], position["sha256"]
+        ):
+            return False
+        start = (int(position["offset"]), int(position["line"]))
+        self._source_iter = iter(self.source.read(start=start))
+        self.rows_ingested = int(position["rows"])
+        self._source_pos, self._source_pos_rows = start, self.rows_ingested
+        return True
+
+    def position_json(self) -> str | None:
+        """The source's position after ``rows_ingested`` rows, with the digest of the bytes before
+        it, for the commit (None when the source cannot seek or the position is not known)."""
+        if self._source_pos is None or self._source_pos_rows != self.rows_ingested:
+            return None
+        offset, line = self._source_pos
+        digest = self.source.prefix_digest(offset)
+        return dumps({"rows": self.rows_ingested, "offset": offset, "line": line, "sha256": digest})
+
     def position_source(self, recorded: Iterator[tuple[int, str]], expected: int) -> None:
         """Open the source and skip the ``expected`` rows already recorded, verifying each hash.
 
@@ -323,6 +353,8 @@ class RunSession:
         # The ingest position moves with the row record: any commit from here on (a batch run
         # triggered by this row) records both, so ``rows`` and the position never disagree.
         self.rows_ingested = index + 1
+        if self._tracks_position:
+            self._source_pos, self._source_pos_rows = self.source.position, index + 1
         self._last_row_id = row_id
         self.stats.rows += 1
         if isinstance(raw, BadRow):
@@ -965,6 +997,7 @@ class RunSession:
         self._check_lease()
         self.payloads.sync()
         self.records.rows_ingested = self.rows_ingested
+        self.records.source_position_json = self.position_json()
         self.records.source_exhausted = self.source_exhausted
         if checkpoint and self.checkpoint_on:
             self.records.checkpoint = self._checkpoint_record()

@@ -305,6 +305,8 @@ class LandscapeRecorder:
         progress: dict[str, Any] = {}
         if records.rows_ingested is not None:
             progress["source_rows_ingested"] = records.rows_ingested
+            # Always written with the count, so a stale position never outlives a commit.
+            progress["source_position_json"] = records.source_position_json
         if records.source_exhausted:
             progress["source_exhausted"] = True
         try:

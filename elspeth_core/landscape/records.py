@@ -33,6 +33,7 @@ class ChunkRecords:
     checkpoint: Record | None = None
     rows_ingested: int | None = None
     source_exhausted: bool = False
+    source_position_json: str | None = None  # the source's position after rows_ingested rows
 
     def is_empty(self) -> bool:
         return not (

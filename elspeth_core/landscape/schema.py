@@ -79,6 +79,10 @@ runs = Table(
     Column("canonical_version", String(32), nullable=False),
     Column("source_rows_ingested", BigInteger, nullable=False, server_default=text("0")),
     Column("source_exhausted", Boolean, nullable=False, server_default=text("false")),
+    # Where the source stood after ``source_rows_ingested`` rows (byte offset, line, SHA-256 of
+    # the bytes before it), for sources that can seek: a resume checks one digest over that
+    # prefix instead of re-hashing every recorded row. NULL: verify row by row.
+    Column("source_position_json", Text, nullable=True),
     Column("lease_owner", String(200), nullable=True),
     _ts("lease_expires_at", True),
     _ts("heartbeat_at", True),

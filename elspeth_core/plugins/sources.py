@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from pydantic import Field
 from elspeth_core.errors import ConfigError, PluginError
 from elspeth_core.plugins.protocols import BadRow, PluginConfig, Row, validated_options
 from elspeth_core.plugins.schema import RowSchema
+from elspeth_core.plugins.source_position import PrefixDigest, seekable_encoding
 
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
@@ -81,6 +83,12 @@ class CsvSource(_Source):
     strictly: a malformed quote, an unterminated quoted field or a field over the csv module's
     size limit (128 KiB) becomes a ``BadRow`` for that record. Line numbers in reasons are the
     physical line on which the record starts, counting skipped lines.
+
+    Seekable (in an ASCII-compatible, stateless encoding): after each record it yields,
+    ``position`` is ``(byte offset past the record, next physical line)``; ``read(start=...)``
+    continues from such a position (the header is read from the top first), and
+    ``prefix_digest``/``verify_prefix`` hash the bytes before an offset (see
+    :mod:`~elspeth_core.plugins.source_position`).
     """
 
     name: ClassVar[str] = "csv"
@@ -90,20 +98,94 @@ class CsvSource(_Source):
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
         _check_encoding(self.config.encoding)
+        self.seekable = seekable_encoding(self.config.encoding)
+        self.position: tuple[int, int] | None = None
+        self._prefix: PrefixDigest | None = None
+        self._header: list[str] | None = None
+        # Bytes per decoded character run are counted in the file's own encoding; a UTF-8 BOM
+        # is only ever at byte 0.
+        name = codecs.lookup(self.config.encoding).name
+        self._byte_encoding = "utf-8" if name in ("utf-8", "utf-8-sig") else self.config.encoding
 
-    def read(self) -> Generator[Row | BadRow, None, None]:
+    def read(self, start: tuple[int, int] | None = None) -> Generator[Row | BadRow, None, None]:
+        """Yield the file's records, from the top or from ``start`` (a ``position`` seen before).
+
+        Raises:
+            PluginError: the header is malformed, or ``start`` is given for an encoding that
+                cannot seek.
+        """
         path = Path(self.config.path)
+        if start is not None:
+            if not self.seekable:
+                raise PluginError(f"{path}: encoding {self.config.encoding} cannot seek")
+            header = self._read_header()
+            offset, line = start
+            with _open_text_at(path, self._byte_encoding, offset) as handle:
+                yield from self._records(handle, first_line=line, offset=offset, header=header)
+            return
         with _open_text(path, self.config.encoding, newline="") as handle:
+            offset = _bom_length(path) if self._byte_encoding == "utf-8" else 0
             for _ in range(self.config.skip_rows):
-                if not handle.readline():
+                skipped = handle.readline()
+                if not skipped:
                     return
-            yield from self._records(handle, first_line=self.config.skip_rows + 1)
+                offset += self._nbytes(skipped)
+            yield from self._records(handle, first_line=self.config.skip_rows + 1, offset=offset)
 
-    def _records(self, handle: IO[str], *, first_line: int) -> Iterator[Row | BadRow]:
+    def prefix_digest(self, offset: int) -> str:
+        """SHA-256 of the file's bytes before ``offset`` (incremental across calls)."""
+        if self._prefix is None:
+            self._prefix = PrefixDigest(Path(self.config.path))
+        return self._prefix.up_to(offset)
+
+    def verify_prefix(self, offset: int, sha256: str) -> bool:
+        """Whether the bytes before ``offset`` still hash to ``sha256`` (False if shorter)."""
+        digest = PrefixDigest(Path(self.config.path))
+        try:
+            same = digest.up_to(offset) == sha256
+        except (EOFError, OSError):
+            same = False
+        if not same:
+            digest.close()
+            return False
+        self.close()
+        self._prefix = digest  # later commits extend this digest
+        return True
+
+    def close(self) -> None:
+        if self._prefix is not None:
+            self._prefix.close()
+            self._prefix = None
+
+    def _read_header(self) -> list[str]:
+        records = self.read()
+        try:
+            for _ in records:
+                break
+        finally:
+            records.close()
+        if self._header is None:
+            raise PluginError(f"{self.config.path}: no header row")
+        return self._header
+
+    def _nbytes(self, text: str) -> int:
+        if text.isascii():
+            return len(text)
+        return len(text.encode(self._byte_encoding, "surrogateescape"))
+
+    def _records(
+        self,
+        handle: IO[str],
+        *,
+        first_line: int,
+        offset: int,
+        header: list[str] | None = None,
+    ) -> Iterator[Row | BadRow]:
         lines: list[str] = []
         reader = csv.reader(_tracked(handle, lines), delimiter=self.config.delimiter, strict=True)
         line = first_line
-        header: list[str] | None = None
+        self._header = header
+        seekable = self.seekable
         while True:
             error: csv.Error | None = None
             try:
@@ -115,21 +197,24 @@ class CsvSource(_Source):
             raw = "".join(lines)
             start, line = line, line + len(lines)
             lines.clear()
+            if seekable:
+                offset += len(raw) if raw.isascii() else self._nbytes(raw)
+                self.position = (offset, line)
             if error is not None:
-                yield self._malformed(error, raw, start, header_read=header is not None)
+                yield self._malformed(error, raw, start, header_read=self._header is not None)
             elif not record:
                 continue
-            elif header is None:
-                header = self._header(record, raw, start)
+            elif self._header is None:
+                self._header = self._parse_header(record, raw, start)
             else:
-                yield self._row(header, record, raw, start)
+                yield self._row(self._header, record, raw, start)
 
     def _malformed(self, error: csv.Error, raw: str, line: int, *, header_read: bool) -> BadRow:
         if not header_read:
             raise PluginError(f"{self.config.path}: header (line {line}) is malformed: {error}")
         return BadRow(f"line {line}: malformed CSV: {error}", _printable(raw))
 
-    def _header(self, record: list[str], raw: str, line: int) -> list[str]:
+    def _parse_header(self, record: list[str], raw: str, line: int) -> list[str]:
         problem = _undecodable(raw, self.config.encoding)
         if problem:
             raise PluginError(f"{self.config.path}: header (line {line}) {problem}")
@@ -401,6 +486,25 @@ def _tracked(handle: IO[str], lines: list[str]) -> Iterator[str]:
     for line in handle:
         lines.append(line)
         yield line
+
+
+def _bom_length(path: Path) -> int:
+    """3 when the file starts with a UTF-8 byte order mark (which the decoder drops)."""
+    try:
+        with path.open("rb") as handle:
+            return 3 if handle.read(3) == codecs.BOM_UTF8 else 0
+    except OSError:
+        return 0
+
+
+def _open_text_at(path: Path, encoding: str, offset: int) -> IO[str]:
+    """Open for reading as text from byte ``offset`` (a record boundary), lines untranslated."""
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise PluginError(f"cannot open source file {path}: {exc.strerror or exc}") from exc
+    raw.seek(offset)
+    return io.TextIOWrapper(raw, encoding=encoding, errors="surrogateescape", newline="")
 
 
 def _open_text(path: Path, encoding: str, *, newline: str | None) -> IO[str]:

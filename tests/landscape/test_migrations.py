@@ -42,6 +42,28 @@ def test_created_database_is_stamped_and_reopens(empty_url: str) -> None:
         assert conn.execute(select(t.runs.c.run_id)).scalar_one() == "r1"
 
 
+def test_upgrade_from_the_first_revision_keeps_the_data(empty_url: str) -> None:
+    migrations.upgrade(empty_url, "0001_baseline")
+    engine = create_engine(empty_url)
+    with engine.begin() as conn:
+        conn.execute(insert(t.runs), [_run_row()])
+        assert migrations.current_revision(conn) == "0001_baseline"
+    engine.dispose()
+    with pytest.raises(SchemaVersionError):
+        LandscapeDB(empty_url, create=False)  # older schema: refused, with what to run
+
+    migrations.upgrade(empty_url)
+
+    engine = create_engine(empty_url)
+    with engine.connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), t.metadata) == []
+        row = conn.execute(select(t.runs.c.run_id, t.runs.c.source_position_json)).one()
+        assert tuple(row) == ("r1", None)
+    engine.dispose()
+    with LandscapeDB(empty_url, create=False) as db, db.connect() as conn:
+        assert conn.execute(select(t.runs.c.status)).scalar_one() == "completed"
+
+
 def test_older_schema_is_refused_with_the_command_to_run(empty_url: str) -> None:
     migrations.upgrade(empty_url)
     engine = create_engine(empty_url)

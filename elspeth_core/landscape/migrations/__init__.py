@@ -12,7 +12,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
-HEAD_REVISION = "0001_baseline"
+HEAD_REVISION = "0002_source_position"
 SCRIPT_LOCATION = Path(__file__).parent
 
 
