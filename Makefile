@@ -31,6 +31,7 @@ lint: env
 
 bench: env
 	$(RUN) python -m benchmarks.run
+	$(RUN) python -m benchmarks.dask_speedup
 
 bench-quick: env
 	$(RUN) python -m benchmarks.run --quick
