@@ -68,8 +68,8 @@ def _flow(work: Path, settings: Path, workers: int, api_env: dict[str, str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rows", type=int, default=8_000)
-    parser.add_argument("--rounds", type=int, default=2_500)
+    parser.add_argument("--rows", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results" / "dask_speedup.json"
     )
