@@ -51,6 +51,12 @@ class DatasourceSettings(_Settings):
     plugin: str
     options: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("plugin", mode="before")
+    @classmethod
+    def _bare_null(cls, value: Any) -> Any:
+        # `plugin: null` unquoted is YAML's null; ELSPETH 0.1 files mean the null source by it.
+        return "null" if value is None else value
+
 
 class RowPluginSettings(_Settings):
     """One transform, applied in list order.

@@ -574,3 +574,16 @@ def test_inline_errors_name_the_source() -> None:
         load_settings_from_dict(data, "flow:nightly", environ={})
     assert str(caught.value).startswith("flow:nightly: sinkz: unknown key (allowed: datasource,")
     assert caught.value.line is None
+
+
+def test_bare_null_source_plugin_is_the_null_source(tmp_path: Path) -> None:
+    """ELSPETH 0.1 files write `plugin: null` unquoted, which YAML reads as null."""
+    path = tmp_path / "settings.yaml"
+    path.write_text(
+        "datasource:\n  plugin: null\n"
+        "sinks:\n  out: {plugin: json, options: {path: out.jsonl}}\n"
+        "output_sink: out\n",
+        encoding="utf-8",
+    )
+    loaded = load_settings(path, environ={})
+    assert loaded.settings.datasource.plugin == "null"
