@@ -58,6 +58,7 @@ CHECKPOINT_INTERVAL = 500
 KILL_AFTER_ROWS = 2_000
 RUN_PIPELINE = "run_pipeline/run-pipeline"
 RESUME_RUN = "resume_run/resume-run"
+RUN_ON_DASK = "run_pipeline_partitioned/run-pipeline-dask"
 SINKS = {"normal.csv", "high.csv", "flagged.jsonl", "quarantine.jsonl"}
 
 
@@ -316,6 +317,28 @@ def test_resume_run_deployment_finishes_a_cli_crash_and_survives_its_own_sigkill
     url_invariants(url, run_id, ROWS)
     assert f"elspeth-run:{run_id}" in final.tags
     assert f"# ELSPETH run `{run_id}`: completed" in _summary(artifacts).data
+
+
+def test_dask_deployment_matches_the_single_process_run(
+    reference: ReferenceRun,
+    source: Path,
+    deployed_project: DeployedProject,
+    tmp_path: Path,
+) -> None:
+    settings, url = _pipeline(tmp_path / "dask", source)
+    with deployed_project.client_settings():
+        flow_run = run_deployment(
+            RUN_ON_DASK,
+            parameters={"settings_path": str(settings), "workers": 2, "partition_rows": 5_000},
+            timeout=0,
+        )
+        final = asyncio.run(_final(flow_run.id, timeout=300))
+
+    assert final.state is not None and final.state.is_completed(), final.state
+    [(run_id, status, rows, linked)] = _runs(url)
+    assert (status, rows, linked) == ("completed", ROWS, str(final.id))
+    assert sink_files(settings.parent) == reference.files()
+    url_invariants(url, run_id, ROWS)
 
 
 def test_rows_failing_for_good_fail_the_flow_run_with_the_reason(
