@@ -172,13 +172,11 @@ def _landscape_facts(db: LandscapeDB, run_id: str) -> dict[str, Any]:
     queries = LandscapeQueries(db)
     run = queries.get_run(run_id) or {}
     url = str(db.url)
-    batches = LandscapeRecorder(db).get_batches(run_id)
     return {
         "error": run.get("error"),
         "rows_total": queries.count_rows(run_id),
         "attempts": len(queries.attempts(run_id)),
-        # A batch retried after a crash or a failure is recorded again with attempt > 1.
-        "batch_retries": sum(1 for b in batches if b["attempt"] > 1),
+        "batch_retries": queries.count_batch_retries(run_id),
         # Only a SQLite URL is safe to show: a server URL may carry a password.
         "landscape": url if url.startswith("sqlite") else None,
     }

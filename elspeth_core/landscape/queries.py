@@ -71,6 +71,11 @@ class LandscapeQueries:
     def count_rows(self, run_id: str) -> int:
         return self._count(t.rows, t.rows.c.run_id == run_id)
 
+    def count_batch_retries(self, run_id: str) -> int:
+        """Batch attempts after the first (a retry after a crash or a failure), all attempts."""
+        b = t.batches.c
+        return self._count(t.batches, and_(b.run_id == run_id, b.attempt > 1))
+
     def _count(self, table: Any, cond: Any) -> int:
         with self.db.connect() as conn:
             return int(
