@@ -5,7 +5,8 @@ Two pipelines, each run crash-free once as the reference:
 - ``chain`` (CSV, 6,000 rows): keyword_filter (matches to a JSONL sink) → batch_replicate in
   ``transform`` mode (count 200, a variable number of copies per row) → batch_stats in
   ``passthrough`` mode (count 250) → a gate that forks big rows to two branches joined by a
-  ``require_all`` coalesce → a ``database`` sink (SQLite target database);
+  ``require_all`` coalesce → a ``database`` sink (its target is a SQLite file next to a SQLite
+  landscape, and the landscape's own database when the landscape is PostgreSQL);
 - ``explode`` (JSON Lines, 4,000 orders): json_explode of each order's items (bad orders to a
   JSONL sink) → batch_stats in ``single`` mode (count 100) → CSV.
 
@@ -15,6 +16,9 @@ and at seeded random instants, then resumed until they complete. Every time the 
 byte-identical (files) or row-identical (database rows without the hidden ledger columns) to the
 reference, every token must have exactly one terminal outcome, and each batch a crash interrupted
 must show its failed attempt and the retry with the same members in the same order.
+
+Every crash test runs on both landscape backends (``landscape_backend``); the crash-free
+references are SQLite runs, so a PostgreSQL run must reproduce exactly what a SQLite one wrote.
 """
 
 from __future__ import annotations
@@ -31,11 +35,14 @@ import pytest
 from tests.support.cli import (
     assert_landscape_invariants,
     popen_cli,
-    query,
     run_cli,
     run_ids,
+    url_invariants,
+    url_query,
+    url_run_ids,
     write_settings,
 )
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import (
     database_sink,
     jsonl_sink,
@@ -43,6 +50,7 @@ from tests.support.pipelines import (
     make_jsonl,
     outputs,
     pipeline,
+    url_table_rows,
 )
 
 pytestmark = pytest.mark.slow
@@ -53,8 +61,11 @@ TALLY = {"kills": 0, "kills_with_run": 0, "resumes": 0}
 TIMES: dict[str, tuple[float, float]] = {}  # shape -> (crash-free run, CLI start-up), seconds
 
 
-def _chain(work: Path, source: Path) -> dict:
-    sinks = {"out": database_sink(work, "results"), "flagged": jsonl_sink(work, "flagged")}
+def _chain(work: Path, source: Path, target: str | None = None) -> dict:
+    sinks = {
+        "out": database_sink(work, "results", url=target),
+        "flagged": jsonl_sink(work, "flagged"),
+    }
     return pipeline(
         work,
         source,
@@ -102,7 +113,7 @@ def _chain(work: Path, source: Path) -> dict:
     )
 
 
-def _explode(work: Path, source: Path) -> dict:
+def _explode(work: Path, source: Path, target: str | None = None) -> dict:
     sinks = {
         "out": {"plugin": "csv", "options": {"path": str(work / "out" / "stats.csv")}},
         "bad": jsonl_sink(work, "bad"),
@@ -174,20 +185,35 @@ def references(tmp_path_factory: pytest.TempPathFactory, inputs: dict[str, Path]
     return found
 
 
-def _settings(work: Path, shape: str, inputs: dict[str, Path]) -> Path:
+def _target(work: Path, url: str) -> str:
+    """The database sink's target: ``out/target.db`` beside a SQLite landscape, else the
+    PostgreSQL landscape's own database (the sink's tables live beside the landscape's)."""
+    return f"sqlite:///{work / 'out' / 'target.db'}" if url.startswith("sqlite") else url
+
+
+def _settings(work: Path, shape: str, inputs: dict[str, Path], url: str) -> Path:
     build, _rows = SHAPES[shape]
-    return write_settings(work / "settings.yaml", build(work, inputs[shape]))
+    data = build(work, inputs[shape], _target(work, url))
+    data["landscape"]["url"] = url
+    return write_settings(work / "settings.yaml", data)
 
 
-def _resume_until_done(work: Path, settings: Path, plans: list[str]) -> int:
+def _outputs(work: Path, url: str, shape: str) -> dict:
+    """Every output: files, and the database sink's rows wherever its target is."""
+    found = outputs(work)
+    if shape == "chain" and not url.startswith("sqlite"):
+        found["target.db:results"] = url_table_rows(url, "results")
+    return found
+
+
+def _resume_until_done(work: Path, url: str, settings: Path, plans: list[str]) -> int:
     """Run (if nothing was recorded) or resume, with the crash plans first, until exit 0."""
-    db = work / "audit.db"
     plans = list(plans)
     for attempt in range(1, 40):
-        ids = run_ids(db)
+        ids = url_run_ids(url)
         env = {"ELSPETH_FAULT_INJECT": plans.pop(0)} if plans else {}
         if ids:
-            result = run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=work, env=env)
+            result = run_cli("resume", ids[0], "-d", url, "-x", cwd=work, env=env)
             TALLY["resumes"] += 1
         else:
             result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
@@ -198,62 +224,73 @@ def _resume_until_done(work: Path, settings: Path, plans: list[str]) -> int:
     raise AssertionError("run did not complete after 40 resumes")
 
 
-def _check(work: Path, shape: str, reference: dict) -> str:
-    found = outputs(work)
+def _check(work: Path, url: str, shape: str, reference: dict) -> str:
+    found = _outputs(work, url, shape)
     assert found.keys() == reference.keys()
     for name, content in reference.items():
         assert found[name] == content, f"{name} differs from the crash-free run"
-    db = work / "audit.db"
-    (run_id,) = run_ids(db)
+    (run_id,) = url_run_ids(url)
     _build, rows = SHAPES[shape]
-    assert_landscape_invariants(db, run_id, rows + (1 if shape == "explode" else 0))
-    assert query(
-        db,
-        f"""SELECT count(*) FROM batches WHERE run_id = '{run_id}'
-                         AND status NOT IN ('completed', 'failed')""",
+    url_invariants(url, run_id, rows + (1 if shape == "explode" else 0))
+    assert url_query(
+        url,
+        """SELECT count(*) FROM batches WHERE run_id = :r
+           AND status NOT IN ('completed', 'failed')""",
+        r=run_id,
     ) == [(0,)]
-    unretried = query(
-        db,
-        f"""SELECT count(*) FROM batches b WHERE b.run_id = '{run_id}'
-                              AND b.status = 'failed' AND NOT EXISTS (SELECT 1 FROM batches r
-                              WHERE r.retry_of_batch_id = b.batch_id)""",
+    unretried = url_query(
+        url,
+        """SELECT count(*) FROM batches b WHERE b.run_id = :r
+           AND b.status = 'failed' AND NOT EXISTS (SELECT 1 FROM batches r
+           WHERE r.retry_of_batch_id = b.batch_id)""",
+        r=run_id,
     )
     assert unretried == [(0,)]
     if shape == "chain":
-        _check_database_ledger(work, db, run_id)
+        _check_database_ledger(_target(work, url), url, run_id)
     return run_id
 
 
-def _check_database_ledger(work: Path, db: Path, run_id: str) -> None:
-    target = work / "out" / "target.db"
-    published = query(
+def _check_database_ledger(target: str, url: str, run_id: str) -> None:
+    published = url_query(
         target,
-        f"""SELECT count(*), count(DISTINCT _elspeth_seq), max(_elspeth_seq)
-                                  FROM results WHERE _elspeth_run_id = '{run_id}'""",
+        """SELECT count(*), count(DISTINCT _elspeth_seq), max(_elspeth_seq)
+           FROM results WHERE _elspeth_run_id = :r""",
+        r=run_id,
     )
     ((rows, distinct, highest),) = published
     assert rows == distinct == highest
-    assert query(target, "SELECT rows_committed FROM _elspeth_publications") == [(rows,)]
-    assert query(
-        db,
-        f"""SELECT count(*) FROM token_outcomes WHERE run_id = '{run_id}'
-                         AND is_terminal = 1 AND sink_name = 'out'""",
+    assert url_query(target, "SELECT rows_committed FROM _elspeth_publications") == [(rows,)]
+    assert url_query(
+        url,
+        """SELECT count(*) FROM token_outcomes WHERE run_id = :r
+           AND is_terminal AND sink_name = 'out'""",
+        r=run_id,
     ) == [(rows,)]
 
 
-def _retries(db: Path, run_id: str) -> list[tuple[int, str, int, str, bool]]:
+def _retries(url: str, run_id: str) -> list[tuple[int, str, int, str, bool]]:
     """(attempt, status, retry attempt, retry status, same members in the same order)."""
-    found = query(
-        db,
-        f"""SELECT o.attempt, o.status, r.attempt, r.status,
-        (SELECT group_concat(token_id, ',') FROM (SELECT token_id FROM batch_members
-         WHERE batch_id = o.batch_id ORDER BY ordinal)) =
-        (SELECT group_concat(token_id, ',') FROM (SELECT token_id FROM batch_members
-         WHERE batch_id = r.batch_id ORDER BY ordinal))
-        FROM batches o JOIN batches r ON r.retry_of_batch_id = o.batch_id
-        WHERE o.run_id = '{run_id}' ORDER BY o.created_at, o.batch_id""",
+    pairs = url_query(
+        url,
+        """SELECT o.batch_id, o.attempt, o.status, r.batch_id, r.attempt, r.status
+           FROM batches o JOIN batches r ON r.retry_of_batch_id = o.batch_id
+           WHERE o.run_id = :r ORDER BY o.created_at, o.batch_id""",
+        r=run_id,
     )
-    return [(a, s, ra, rs, bool(same)) for a, s, ra, rs, same in found]
+    members: dict[str, list[str]] = {}
+    for batch_id, token_id in url_query(
+        url,
+        """SELECT m.batch_id, m.token_id FROM batch_members m
+           JOIN batches b ON b.batch_id = m.batch_id WHERE b.run_id = :r
+           ORDER BY m.batch_id, m.ordinal""",
+        r=run_id,
+    ):
+        members.setdefault(batch_id, []).append(token_id)
+    return [
+        (a, s, ra, rs, bool(members.get(o)) and members.get(o) == members.get(r))
+        for o, a, s, r, ra, rs in pairs
+    ]
 
 
 @pytest.mark.parametrize(
@@ -298,27 +335,28 @@ def test_named_crash_points(
     first_crash: str,
     resume_crashes: list[str],
     retried: list[tuple],
+    landscape_url: str,
 ) -> None:
-    settings = _settings(tmp_path, shape, inputs)
+    url = landscape_url
+    settings = _settings(tmp_path, shape, inputs, url)
     crashed = run_cli(
         "run", "-s", str(settings), "-x", cwd=tmp_path, env={"ELSPETH_FAULT_INJECT": first_crash}
     )
     assert crashed.code == -signal.SIGKILL, crashed.stderr
     TALLY["kills"] += 1
-    _assert_crash_state(tmp_path, first_crash.partition(":")[0])
-    attempts = _resume_until_done(tmp_path, settings, resume_crashes)
+    _assert_crash_state(tmp_path, url, first_crash.partition(":")[0])
+    attempts = _resume_until_done(tmp_path, url, settings, resume_crashes)
     assert attempts == len(resume_crashes) + 1
-    run_id = _check(tmp_path, shape, references[shape])
-    assert _retries(tmp_path / "audit.db", run_id) == retried
+    run_id = _check(tmp_path, url, shape, references[shape])
+    assert _retries(url, run_id) == retried
 
 
-def _assert_crash_state(work: Path, point: str) -> None:
+def _assert_crash_state(work: Path, url: str, point: str) -> None:
     """The landscape right after the kill shows the situation the crash point names."""
-    db = work / "audit.db"
-    statuses = dict(query(db, "SELECT status, count(*) FROM batches GROUP BY status"))
+    statuses = dict(url_query(url, "SELECT status, count(*) FROM batches GROUP BY status"))
     if point in ("source_read", "after_commit"):
-        open_members = query(
-            db,
+        open_members = url_query(
+            url,
             """SELECT count(*) FROM batch_members m JOIN batches b
                                     ON b.batch_id = m.batch_id WHERE b.status = 'draft'""",
         )
@@ -327,8 +365,8 @@ def _assert_crash_state(work: Path, point: str) -> None:
     elif point in ("batch_executing", "mid_flush", "after_flush"):
         assert statuses.get("executing") == 1, statuses
     elif point == "after_sink_write":
-        (recorded,) = query(db, "SELECT rows_written FROM artifacts WHERE sink_name = 'out'")
-        target = query(work / "out" / "target.db", "SELECT count(*) FROM results")
+        (recorded,) = url_query(url, "SELECT rows_written FROM artifacts WHERE sink_name = 'out'")
+        target = url_query(_target(work, url), "SELECT count(*) FROM results")
         assert target[0][0] > recorded[0], "the target should hold rows nobody vouches for yet"
 
 
@@ -342,6 +380,8 @@ def test_random_sigkill_instants(
     shape: str,
     kills_wanted: int,
     seed: int,
+    landscapes: Landscapes,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Kills at seeded random instants (runs and resumes alike), each chain of kills ending with
     a clean resume; when a run completes before enough kills, a fresh run continues.
@@ -358,9 +398,11 @@ def test_random_sigkill_instants(
         work = tmp_path / f"run-{runs}"
         work.mkdir()
         runs += 1
-        settings = _settings(work, shape, inputs)
+        url = landscapes.new(work, request=request)
+        settings = _settings(work, shape, inputs, url)
         done, recorded = _kill_repeatedly(
             work,
+            url,
             settings,
             lambda: rng.uniform(0.9, 1.3) * startup + rng.uniform(0, 0.2) * full,
             kills_wanted - kills,
@@ -369,12 +411,11 @@ def test_random_sigkill_instants(
         kills += done
         with_run += recorded
         TALLY["kills_with_run"] += recorded
-        db = work / "audit.db"
-        status = query(db, "SELECT status FROM runs") if run_ids(db) else []
+        status = url_query(url, "SELECT status FROM runs") if url_run_ids(url) else []
         if status != [("completed",)]:
-            _resume_until_done(work, settings, [])
-        run_id = _check(work, shape, references[shape])
-        for _a, failed, _ra, _rs, same in _retries(db, run_id):
+            _resume_until_done(work, url, settings, [])
+        run_id = _check(work, url, shape, references[shape])
+        for _a, failed, _ra, _rs, same in _retries(url, run_id):
             assert failed == "failed" and same
     TALLY["kills"] += kills
     print(f"{shape}: {kills} kills, {with_run} of a recorded run, {runs} chain(s)")
@@ -383,7 +424,12 @@ def test_random_sigkill_instants(
 
 
 def _kill_repeatedly(
-    work: Path, settings: Path, delay: Callable[[], float], limit: int, stretch: list[float]
+    work: Path,
+    url: str,
+    settings: Path,
+    delay: Callable[[], float],
+    limit: int,
+    stretch: list[float],
 ) -> tuple[int, int]:
     """Start or resume the run and SIGKILL it after ``delay()`` seconds, until ``limit`` kills or
     until it completes first; returns (kills, kills of a process that had a recorded run).
@@ -393,15 +439,10 @@ def _kill_repeatedly(
     of later fresh runs by a quarter (``stretch[0]``, shared by the chains of one test), so most
     kills still interrupt a recorded run however the machine's speed moves.
     """
-    db = work / "audit.db"
     kills = with_run = 0
     while kills < limit:
-        ids = run_ids(db)
-        args = (
-            ["resume", ids[0], "-d", f"sqlite:///{db}", "-x"]
-            if ids
-            else ["run", "-s", str(settings), "-x"]
-        )
+        ids = url_run_ids(url)
+        args = ["resume", ids[0], "-d", url, "-x"] if ids else ["run", "-s", str(settings), "-x"]
         TALLY["resumes"] += 1 if ids else 0
         proc = popen_cli(*args, cwd=work)
         try:
@@ -415,6 +456,6 @@ def _kill_repeatedly(
         assert proc.returncode == -signal.SIGKILL, err
         kills += 1
         with_run += bool(ids)
-        if not ids and not run_ids(db):
+        if not ids and not url_run_ids(url):
             stretch[0] *= 1.25
     return kills, with_run

@@ -31,6 +31,7 @@ from tests.support.cli import (
     url_run_ids,
     write_settings,
 )
+from tests.support.landscape_fixtures import Landscapes
 
 ROWS = 20_000
 pytestmark = pytest.mark.slow
@@ -63,14 +64,6 @@ def reference(tmp_path_factory: pytest.TempPathFactory, input_csv: Path) -> dict
     (run_id,) = run_ids(work / "audit.db")
     assert_landscape_invariants(work / "audit.db", run_id, ROWS)
     return files
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def landscape(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """The landscape URL: a SQLite file, or a fresh database on the throwaway PostgreSQL server."""
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'audit.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def _settings(work: Path, input_csv: Path, url: str) -> Path:
@@ -122,19 +115,19 @@ def test_named_crash_points(
     reference: dict[str, bytes],
     first_crash: str,
     resume_crashes: list[str],
-    landscape: str,
+    landscape_url: str,
 ) -> None:
-    settings = _settings(tmp_path, input_csv, landscape)
+    settings = _settings(tmp_path, input_csv, landscape_url)
     first = run_cli(
         "run", "-s", str(settings), "-x", cwd=tmp_path, env={"ELSPETH_FAULT_INJECT": first_crash}
     )
     assert first.code == -signal.SIGKILL, first.stderr
-    resumes = _resume_until_done(tmp_path, landscape, settings, resume_crashes)
+    resumes = _resume_until_done(tmp_path, landscape_url, settings, resume_crashes)
     assert resumes == len(resume_crashes) + 1
-    _check(tmp_path, reference, landscape)
+    _check(tmp_path, reference, landscape_url)
     attempts = len(resume_crashes) + 2
-    (run_id,) = url_run_ids(landscape)
-    shown = run_cli("runs", "show", run_id, "-d", landscape, "--json", cwd=tmp_path)
+    (run_id,) = url_run_ids(landscape_url)
+    shown = run_cli("runs", "show", run_id, "-d", landscape_url, "--json", cwd=tmp_path)
     assert shown.code == 0
     assert f'"attempt": {attempts}' in shown.stdout
 
@@ -146,7 +139,8 @@ def test_random_sigkill_instants(
     tmp_path: Path,
     input_csv: Path,
     reference: dict[str, bytes],
-    landscape: str,
+    landscape_url: str,
+    landscapes: Landscapes,
     request: pytest.FixtureRequest,
 ) -> None:
     """24 SIGKILLs at seeded random instants (start-up, processing, resumes), in chains.
@@ -160,12 +154,12 @@ def test_random_sigkill_instants(
     rng = random.Random(20261125)
     full, startup = REFERENCE_SECONDS[0], REFERENCE_SECONDS[1]
     kills = kills_with_run = chains = 0
-    url = landscape
+    url = landscape_url
     while kills < RANDOM_KILLS:
         work = tmp_path / f"chain-{chains}"
         work.mkdir()
         if chains:
-            url = _fresh_landscape(request, landscape, work)
+            url = landscapes.new(work, request=request)
         chains += 1
         settings = _settings(work, input_csv, url)
         while kills < RANDOM_KILLS:
@@ -195,23 +189,10 @@ def test_random_sigkill_instants(
     assert kills_with_run >= 10, f"only {kills_with_run} kills interrupted a recorded run"
 
 
-def _fresh_landscape(request: pytest.FixtureRequest, landscape: str, work: Path) -> str:
-    """An empty landscape of the same backend as ``landscape``, for another chain of kills."""
-    if landscape.startswith("sqlite"):
-        return f"sqlite:///{work / 'audit.db'}"
-    from tests.support.pg_fixtures import unique_database_name
-
-    server = request.getfixturevalue("pg_server")
-    name = unique_database_name(f"chain_{work.name}")
-    url = str(server.create_database(name))
-    request.addfinalizer(lambda: server.drop_database(name))
-    return url
-
-
 def test_concurrent_resumes_exactly_one_proceeds(
-    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], landscape: str
+    tmp_path: Path, input_csv: Path, reference: dict[str, bytes], landscape_url: str
 ) -> None:
-    settings = _settings(tmp_path, input_csv, landscape)
+    settings = _settings(tmp_path, input_csv, landscape_url)
     first = run_cli(
         "run",
         "-s",
@@ -221,8 +202,8 @@ def test_concurrent_resumes_exactly_one_proceeds(
         env={"ELSPETH_FAULT_INJECT": "after_commit:10"},
     )
     assert first.code == -signal.SIGKILL
-    (run_id,) = url_run_ids(landscape)
-    url = landscape
+    (run_id,) = url_run_ids(landscape_url)
+    url = landscape_url
     a = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
     time.sleep(0.2)
     b = popen_cli("resume", run_id, "-d", url, "-x", cwd=tmp_path)
@@ -232,9 +213,10 @@ def test_concurrent_resumes_exactly_one_proceeds(
     assert codes == [0, 3], (codes, err_a, err_b)
     loser = err_a if a.returncode == 3 else err_b
     assert "Run already in progress" in loser
-    _check(tmp_path, reference, landscape)
+    _check(tmp_path, reference, landscape_url)
 
 
+# SQLite only: the landscape is copied with the work directory, which only a file landscape can be.
 def test_copy_of_crashed_workdir_resumes_identically(
     tmp_path: Path, input_csv: Path, reference: dict[str, bytes]
 ) -> None:

@@ -111,11 +111,14 @@ def jsonl_sink(work: Path, name: str) -> dict:
     return {"plugin": "json", "options": {"path": str(work / "out" / f"{name}.jsonl")}}
 
 
-def database_sink(work: Path, table: str, *, if_exists: str = "replace") -> dict:
+def database_sink(
+    work: Path, table: str, *, if_exists: str = "replace", url: str | None = None
+) -> dict:
+    """A ``database`` sink into ``url`` (default: the SQLite file ``out/target.db``)."""
     return {
         "plugin": "database",
         "options": {
-            "url": f"sqlite:///{work / 'out' / 'target.db'}",
+            "url": url or f"sqlite:///{work / 'out' / 'target.db'}",
             "table": table,
             "if_exists": if_exists,
         },
@@ -154,6 +157,21 @@ def table_rows(db: Path, table: str) -> list[tuple]:
         names = [d[0] for d in cursor.description]
         keep = [i for i, n in enumerate(names) if not n.startswith("_elspeth_")]
         rows = [tuple(row[i] for i in keep) for row in cursor.fetchall()]
+    return sorted(rows, key=repr)
+
+
+def url_table_rows(url: str, table: str) -> list[tuple]:
+    """``table_rows`` for a target database given by URL (SQLite or PostgreSQL)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            result = conn.execute(text(f'SELECT * FROM "{table}"'))
+            keep = [i for i, n in enumerate(result.keys()) if not n.startswith("_elspeth_")]
+            rows = [tuple(row[i] for i in keep) for row in result]
+    finally:
+        engine.dispose()
     return sorted(rows, key=repr)
 
 
