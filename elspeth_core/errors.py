@@ -99,6 +99,12 @@ class LandscapeError(ElspethError):
     exit_code = 2
 
 
+class LandscapeNotFound(LandscapeError):
+    """No landscape at the URL: no SQLite file, or a database without the landscape's tables."""
+
+    exit_code = 1
+
+
 class SchemaVersionError(LandscapeError):
     """The landscape schema is older or newer than this version of ELSPETH expects."""
 

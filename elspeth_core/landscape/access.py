@@ -16,15 +16,13 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from elspeth_core.errors import ElspethError
+from elspeth_core.errors import LandscapeNotFound
 from elspeth_core.landscape import migrations
 from elspeth_core.landscape.database import LandscapeDB
 
 
-class LandscapeMissing(ElspethError):
+class LandscapeMissing(LandscapeNotFound):
     """No landscape database at the URL given (nothing was created)."""
-
-    exit_code = 1
 
 
 def sqlite_file(url: str) -> Path | None:
@@ -54,6 +52,8 @@ def open_existing(url: str) -> LandscapeDB:
 
     Raises:
         LandscapeMissing: a SQLite URL whose file does not exist.
+        LandscapeNotFound: a database without the landscape's tables (e.g. PostgreSQL); exit 1
+            like a missing SQLite file, never 2 ("run failed").
         LandscapeError / SchemaVersionError: as ``LandscapeDB`` (unreachable, old schema).
     """
     path = sqlite_file(url)

@@ -19,7 +19,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from elspeth_core.errors import ConfigError, LandscapeError, SchemaVersionError
+from elspeth_core.errors import (
+    ConfigError,
+    LandscapeError,
+    LandscapeNotFound,
+    SchemaVersionError,
+)
 from elspeth_core.landscape import migrations
 from elspeth_core.landscape.schema import metadata
 
@@ -56,7 +61,7 @@ class LandscapeDB:
             current = migrations.current_revision(conn)
             if current is None and not inspect(conn).has_table("runs"):
                 if not create:
-                    raise LandscapeError(
+                    raise LandscapeNotFound(
                         f"no landscape found at {_safe_url(self.url)}",
                         hint="Check --database / the settings' landscape url.",
                     )
@@ -116,7 +121,7 @@ def _make_engine(url: str, *, create: bool) -> Engine:
         database = parsed.database or ""
         if database and database != ":memory:":
             if not create and not Path(database).exists():
-                raise LandscapeError(
+                raise LandscapeNotFound(
                     f"no landscape found at {_safe_url(url)}",
                     hint="Check --database / the settings' landscape url.",
                 )

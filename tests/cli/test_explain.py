@@ -2,7 +2,8 @@
 
 Each test runs a real pipeline (gate + four sinks over generated rows), then asks ``explain`` for
 the lineage and checks the ``elspeth.explain/v1`` document against the landscape and the sink
-files themselves: the data line N of ``high.csv`` must really be the row explain names.
+files themselves: the data line N of ``high.csv`` must really be the row explain names. Every
+test runs on both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -18,23 +19,28 @@ from typing import Any
 import pytest
 
 from examples.generate import generate
-from tests.support.cli import gate_pipeline, query, run_cli, run_ids, write_settings
+from tests.support.cli import gate_pipeline, run_cli, url_query, url_run_ids, write_settings
+from tests.support.landscape_fixtures import Landscapes
 
 ROWS = 300
 BAD_EVERY = 97  # rows 96, 193, 290 have amount "not-a-number": quarantined
 
 
-def _make_run(work: Path, env: dict[str, str] | None = None) -> tuple[Path, str, int]:
+Completed = tuple[Path, str, str]  # work directory, run ID, landscape URL
+
+
+def _make_run(work: Path, url: str, env: dict[str, str] | None = None) -> tuple[str, int]:
     work.mkdir(parents=True, exist_ok=True)
     generate(str(work / "in.csv"), ROWS, seed=3, bad_every=BAD_EVERY)
-    settings = write_settings(work / "settings.yaml", gate_pipeline(work, work / "in.csv"))
+    data = gate_pipeline(work, work / "in.csv", landscape={"url": url})
+    settings = write_settings(work / "settings.yaml", data)
     result = run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
-    (run_id,) = run_ids(work / "audit.db")
-    return work, run_id, result.code
+    (run_id,) = url_run_ids(url)
+    return run_id, result.code
 
 
-def explain_json(work: Path, *args: str) -> dict[str, Any]:
-    result = run_cli("explain", *args, "--json", "-d", f"sqlite:///{work / 'audit.db'}", cwd=work)
+def explain_json(work: Path, url: str, *args: str) -> dict[str, Any]:
+    result = run_cli("explain", *args, "--json", "-d", url, cwd=work)
     assert result.code == 0, result.stderr
     assert "Traceback" not in result.stderr
     return json.loads(result.stdout)
@@ -49,23 +55,23 @@ def source_rows(work: Path) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def completed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    work, run_id, code = _make_run(tmp_path_factory.mktemp("explain"))
+def completed(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> Completed:
+    work = tmp_path_factory.mktemp("explain")
+    url = landscapes.new(work)
+    run_id, code = _make_run(work, url)
     assert code == 0
-    return work, run_id
+    return work, run_id, url
 
 
 # ------------------------------------------------------------------------------------ routed row
 def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
-    completed: tuple[Path, str],
+    completed: Completed,
 ) -> None:
-    work, run_id = completed
+    work, run_id, url = completed
     high = csv_lines(work / "out" / "high.csv")
     wanted_id = high[4]["id"]  # data line 5 of high.csv
-    (row_id,) = query(work / "audit.db", f"SELECT row_id FROM rows WHERE row_index = {wanted_id}")[
-        0
-    ]
-    doc = explain_json(work, "--run", run_id, "--row", row_id)
+    ((row_id,),) = url_query(url, "SELECT row_id FROM rows WHERE row_index = :i", i=int(wanted_id))
+    doc = explain_json(work, url, "--run", run_id, "--row", row_id)
 
     assert doc["schema"] == "elspeth.explain/v1"
     assert doc["query"] == {
@@ -75,9 +81,9 @@ def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
         "sink": None,
         "line": None,
     }
-    (config_hash, status) = query(
-        work / "audit.db", f"SELECT config_hash, status FROM runs WHERE run_id = '{run_id}'"
-    )[0]
+    ((config_hash, status),) = url_query(
+        url, "SELECT config_hash, status FROM runs WHERE run_id = :r", r=run_id
+    )
     assert doc["run"]["run_id"] == run_id
     assert (
         doc["run"]["config_hash"] == config_hash and status == doc["run"]["status"] == "completed"
@@ -91,9 +97,9 @@ def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
     assert row["source_node"]["plugin_name"] == "csv"
     assert row["payload"]["status"] == "available"
     assert row["payload"]["data"] == source_rows(work)[wanted_id]  # the raw source row
-    recorded_hash = query(
-        work / "audit.db", f"SELECT source_data_hash FROM rows WHERE row_id = '{row_id}'"
-    )[0][0]
+    ((recorded_hash,),) = url_query(
+        url, "SELECT source_data_hash FROM rows WHERE row_id = :r", r=row_id
+    )
     assert row["source_data_hash"] == recorded_hash
     assert row["recorded_by_attempt"] == 1
     assert row["validation_errors"] == []
@@ -152,7 +158,7 @@ def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
     assert doc["truncated"] is False
 
     # The same token asked for directly: the same lineage, with the token as the focus.
-    by_token = explain_json(work, "--run", run_id, "--token", token["token_id"])
+    by_token = explain_json(work, url, "--run", run_id, "--token", token["token_id"])
     assert by_token["focus_token_id"] == token["token_id"]
     assert by_token["row"]["row_id"] == row_id
     (focus,) = by_token["tokens"]
@@ -161,9 +167,9 @@ def test_explain_routed_row_shows_every_node_state_and_both_gate_decisions(
 
 
 def test_explain_tree_on_a_terminal_names_gates_sink_line_and_payload(
-    completed: tuple[Path, str],
+    completed: Completed,
 ) -> None:
-    work, run_id = completed
+    work, run_id, url = completed
     result = run_cli(
         "explain",
         "--run",
@@ -173,7 +179,7 @@ def test_explain_tree_on_a_terminal_names_gates_sink_line_and_payload(
         "--line",
         "2",
         "-d",
-        f"sqlite:///{work / 'audit.db'}",
+        url,
         cwd=work,
     )
     assert result.code == 0, result.stderr
@@ -189,16 +195,16 @@ def test_explain_tree_on_a_terminal_names_gates_sink_line_and_payload(
 # --------------------------------------------------------------------------------- by sink line
 @pytest.mark.parametrize("sink", ["high", "normal", "flagged"])
 def test_explain_by_sink_line_finds_the_row_written_on_that_line(
-    completed: tuple[Path, str], sink: str
+    completed: Completed, sink: str
 ) -> None:
-    work, run_id = completed
+    work, run_id, url = completed
     path = work / "out" / (f"{sink}.csv" if sink != "flagged" else "flagged.jsonl")
     if path.suffix == ".csv":
         lines = [r["id"] for r in csv_lines(path)]
     else:
         lines = [str(json.loads(line)["id"]) for line in path.read_text().splitlines()]
     for line in (1, len(lines) // 2, len(lines)):
-        doc = explain_json(work, "--run", run_id, "--sink", sink, "--line", str(line))
+        doc = explain_json(work, url, "--run", run_id, "--sink", sink, "--line", str(line))
         assert doc["query"]["sink"] == sink and doc["query"]["line"] == line
         focus = next(t for t in doc["tokens"] if t["token_id"] == doc["focus_token_id"])
         assert focus["relation"] == "focus"
@@ -209,8 +215,8 @@ def test_explain_by_sink_line_finds_the_row_written_on_that_line(
         assert doc["row"]["row_index"] == int(lines[line - 1])
 
 
-def test_explain_a_line_past_the_end_is_refused_with_a_hint(completed: tuple[Path, str]) -> None:
-    work, run_id = completed
+def test_explain_a_line_past_the_end_is_refused_with_a_hint(completed: Completed) -> None:
+    work, run_id, url = completed
     high = len(csv_lines(work / "out" / "high.csv"))
     result = run_cli(
         "explain",
@@ -221,7 +227,7 @@ def test_explain_a_line_past_the_end_is_refused_with_a_hint(completed: tuple[Pat
         "--line",
         str(high + 1),
         "-d",
-        f"sqlite:///{work / 'audit.db'}",
+        url,
         cwd=work,
     )
     assert result.code == 1
@@ -233,14 +239,12 @@ def test_explain_a_line_past_the_end_is_refused_with_a_hint(completed: tuple[Pat
 
 # ------------------------------------------------------------------------------ quarantined row
 def test_explain_quarantined_row_shows_reason_and_quarantine_line(
-    completed: tuple[Path, str],
+    completed: Completed,
 ) -> None:
-    work, run_id = completed
+    work, run_id, url = completed
     bad_index = BAD_EVERY - 1
-    (row_id,) = query(work / "audit.db", f"SELECT row_id FROM rows WHERE row_index = {bad_index}")[
-        0
-    ]
-    doc = explain_json(work, "--run", "latest", "--row", row_id)
+    ((row_id,),) = url_query(url, "SELECT row_id FROM rows WHERE row_index = :i", i=bad_index)
+    doc = explain_json(work, url, "--run", "latest", "--row", row_id)
     row = doc["row"]
     assert row["payload"]["data"]["amount"] == "not-a-number"
     (error,) = row["validation_errors"]
@@ -258,20 +262,23 @@ def test_explain_quarantined_row_shows_reason_and_quarantine_line(
 
 
 # ---------------------------------------------------------------------- retried after a crash
-def test_explain_row_retried_after_a_crash_names_the_resume_attempt(tmp_path: Path) -> None:
-    work, run_id, code = _make_run(tmp_path, env={"ELSPETH_FAULT_INJECT": "after_sink_write:3"})
+def test_explain_row_retried_after_a_crash_names_the_resume_attempt(
+    tmp_path: Path, landscape_url: str
+) -> None:
+    work, url = tmp_path, landscape_url
+    run_id, code = _make_run(work, url, env={"ELSPETH_FAULT_INJECT": "after_sink_write:3"})
     assert code == -signal.SIGKILL
-    committed = query(work / "audit.db", "SELECT count(*) FROM rows")[0][0]
+    committed = url_query(url, "SELECT count(*) FROM rows")[0][0]
     # The killed process had written rows past the committed ones into high.csv: find one.
     before = csv_lines(work / "out" / "high.csv")
     lost = next(r["id"] for r in before if int(r["id"]) >= committed)
-    resumed = run_cli("resume", run_id, "-x", "-d", f"sqlite:///{work / 'audit.db'}", cwd=work)
+    resumed = run_cli("resume", run_id, "-x", "-d", url, cwd=work)
     assert resumed.code == 0, resumed.stderr
 
     after = [r["id"] for r in csv_lines(work / "out" / "high.csv")]
     assert after.count(lost) == 1  # rewritten once, not duplicated
     line = after.index(lost) + 1
-    doc = explain_json(work, "--run", run_id, "--sink", "high", "--line", str(line))
+    doc = explain_json(work, url, "--run", run_id, "--sink", "high", "--line", str(line))
     assert [
         (a["attempt"], a["kind"], a["status"], a["rows_before"]) for a in doc["run"]["attempts"]
     ] == [
@@ -285,14 +292,15 @@ def test_explain_row_retried_after_a_crash_names_the_resume_attempt(tmp_path: Pa
     assert token["terminal_outcome"]["sink_line"] == line
     assert [s["attempt"] for s in token["node_states"]] == [1, 1, 1, 1]  # one pass, no leftovers
     # A row committed before the crash is attributed to the first attempt.
-    (early,) = query(work / "audit.db", "SELECT row_id FROM rows WHERE row_index = 0")[0]
-    assert explain_json(work, "--run", run_id, "--row", early)["row"]["recorded_by_attempt"] == 1
+    ((early,),) = url_query(url, "SELECT row_id FROM rows WHERE row_index = 0")
+    assert (
+        explain_json(work, url, "--run", run_id, "--row", early)["row"]["recorded_by_attempt"] == 1
+    )
 
 
 # ------------------------------------------------------------------------------------ refusals
-def test_explain_needs_exactly_one_target(completed: tuple[Path, str]) -> None:
-    work, _run_id = completed
-    url = f"sqlite:///{work / 'audit.db'}"
+def test_explain_needs_exactly_one_target(completed: Completed) -> None:
+    work, _run_id, url = completed
     for args in ([], ["--row", "a", "--token", "b"], ["--sink", "high"], ["--line", "3"]):
         result = run_cli("explain", "--run", "latest", *args, "-d", url, cwd=work)
         assert result.code == 1, args
@@ -300,9 +308,8 @@ def test_explain_needs_exactly_one_target(completed: tuple[Path, str]) -> None:
         assert "Traceback" not in result.stderr
 
 
-def test_explain_unknown_run_row_or_token_is_a_clear_error(completed: tuple[Path, str]) -> None:
-    work, run_id = completed
-    url = f"sqlite:///{work / 'audit.db'}"
+def test_explain_unknown_run_row_or_token_is_a_clear_error(completed: Completed) -> None:
+    work, run_id, url = completed
     cases = [
         (["--run", "nope", "--row", "x"], "Run not found: nope"),
         (["--run", run_id, "--row", "x"], "row x not found"),
@@ -314,17 +321,15 @@ def test_explain_unknown_run_row_or_token_is_a_clear_error(completed: tuple[Path
         assert phrase in result.stderr and "Hint: " in result.stderr
 
 
-def test_explain_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> None:
-    result = run_cli(
-        "explain",
-        "--run",
-        "latest",
-        "--row",
-        "x",
-        "-d",
-        f"sqlite:///{tmp_path / 'none' / 'audit.db'}",
-        cwd=tmp_path,
-    )
+def test_explain_against_a_missing_landscape_creates_nothing(
+    tmp_path: Path, landscapes: Landscapes, request: pytest.FixtureRequest
+) -> None:
+    """A SQLite file that does not exist, or a PostgreSQL database without a landscape."""
+    url = landscapes.new(tmp_path / "none", request=request)
+    result = run_cli("explain", "--run", "latest", "--row", "x", "-d", url, cwd=tmp_path)
     assert result.code == 1
     assert "no landscape found" in result.stderr
     assert not (tmp_path / "none").exists()
+    if landscapes.backend == "postgres":
+        tables = "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+        assert url_query(url, tables) == [(0,)]

@@ -6,6 +6,9 @@ every ten sales into one row of statistics. Each example is copied with its inpu
 temporary directory and run there with the real CLI (its paths are relative), then explained by
 output line and by row; the aggregation is also crashed while its first batch is executing and
 resumed, so the batch is retried as attempt 2.
+
+On SQLite the examples run verbatim (their landscape is ``sqlite:///runs/audit.db``); on PostgreSQL
+``ELSPETH_LANDSCAPE__URL`` points the same settings at a fresh database.
 """
 
 from __future__ import annotations
@@ -15,24 +18,46 @@ import io
 import json
 import shutil
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.support.cli import REPO, run_cli, run_ids
+import pytest
+
+from tests.support.cli import REPO, run_cli, url_run_ids
+from tests.support.landscape_fixtures import Landscapes
 
 DB = "sqlite:///runs/audit.db"
 
 
-def _example(tmp_path: Path, name: str, env: dict[str, str] | None = None) -> tuple[str, int]:
+@dataclass(frozen=True)
+class Landscape:
+    cli: str  # what the CLI is given with -d (relative to the work directory on SQLite)
+    url: str  # the same landscape for the test's own queries
+    env: dict[str, str]  # what points the example's settings at it
+
+
+@pytest.fixture
+def db(landscapes: Landscapes, tmp_path: Path, request: pytest.FixtureRequest) -> Landscape:
+    if landscapes.backend == "sqlite":
+        return Landscape(DB, f"sqlite:///{tmp_path / 'runs' / 'audit.db'}", {})
+    url = landscapes.new(tmp_path, request=request)
+    return Landscape(url, url, {"ELSPETH_LANDSCAPE__URL": url})
+
+
+def _example(
+    tmp_path: Path, db: Landscape, name: str, env: dict[str, str] | None = None
+) -> tuple[str, int]:
     target = tmp_path / "examples" / name
     shutil.copytree(REPO / "examples" / name, target, ignore=shutil.ignore_patterns("out"))
-    result = run_cli("run", "-s", f"examples/{name}/settings.yaml", "-x", cwd=tmp_path, env=env)
-    (run_id,) = run_ids(tmp_path / "runs" / "audit.db")
+    settings = f"examples/{name}/settings.yaml"
+    result = run_cli("run", "-s", settings, "-x", cwd=tmp_path, env={**db.env, **(env or {})})
+    (run_id,) = url_run_ids(db.url)
     return run_id, result.code
 
 
-def _explain(work: Path, *args: str) -> dict[str, Any]:
-    result = run_cli("explain", *args, "--json", "-d", DB, cwd=work)
+def _explain(work: Path, db: Landscape, *args: str) -> dict[str, Any]:
+    result = run_cli("explain", *args, "--json", "-d", db.cli, cwd=work)
     assert result.code == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -41,15 +66,15 @@ def _by_id(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["token_id"]: t for t in doc["tokens"]}
 
 
-def test_explain_forked_and_joined_row(tmp_path: Path) -> None:
-    run_id, code = _example(tmp_path, "fork_coalesce")
+def test_explain_forked_and_joined_row(tmp_path: Path, db: Landscape) -> None:
+    run_id, code = _example(tmp_path, db, "fork_coalesce")
     assert code == 0
     out = tmp_path / "examples" / "fork_coalesce" / "out"
     lines = [json.loads(line) for line in (out / "payments.jsonl").read_text().splitlines()]
     line = next(n for n, row in enumerate(lines, 1) if "ledger" in row)  # a merged payment
     payment_id = lines[line - 1]["ledger"]["id"]
 
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "payments", "--line", str(line))
+    doc = _explain(tmp_path, db, "--run", run_id, "--sink", "payments", "--line", str(line))
     tokens = _by_id(doc)
     merged = tokens[doc["focus_token_id"]]
     assert merged["terminal_outcome"]["outcome"] == "completed"
@@ -75,7 +100,7 @@ def test_explain_forked_and_joined_row(tmp_path: Path) -> None:
     assert doc["row"]["payload"]["data"]["id"] == str(payment_id)
 
     # By row: the whole family, the unjoined audit branch included, with its own sink line.
-    by_row = _explain(tmp_path, "--run", run_id, "--row", doc["row"]["row_id"])
+    by_row = _explain(tmp_path, db, "--run", run_id, "--row", doc["row"]["row_id"])
     family = _by_id(by_row)
     assert set(tokens) < set(family) and len(family) == 5
     assert {t["relation"] for t in family.values()} == {"row"}
@@ -90,12 +115,12 @@ def test_explain_forked_and_joined_row(tmp_path: Path) -> None:
     ]
 
 
-def test_explain_aggregated_row_and_the_batch_output_line(tmp_path: Path) -> None:
-    run_id, code = _example(tmp_path, "batch_aggregation")
+def test_explain_aggregated_row_and_the_batch_output_line(tmp_path: Path, db: Landscape) -> None:
+    run_id, code = _example(tmp_path, db, "batch_aggregation")
     assert code == 0
     out = tmp_path / "examples" / "batch_aggregation" / "out" / "batches.csv"
     lines = list(csv.DictReader(io.StringIO(out.read_text())))
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "batches", "--line", "2")
+    doc = _explain(tmp_path, db, "--run", run_id, "--sink", "batches", "--line", "2")
     output = _by_id(doc)[doc["focus_token_id"]]
     (made_by,) = output["batches"]
     assert made_by["role"] == "output" and made_by["status"] == "completed"
@@ -110,19 +135,19 @@ def test_explain_aggregated_row_and_the_batch_output_line(tmp_path: Path) -> Non
     assert lines[1]["count"] == "10"
     # By one member's row: its token was consumed, and the batch output is its descendant.
     member_row = next(t["row_id"] for t in members if t["batches"][0]["ordinal"] == 3)
-    by_row = _explain(tmp_path, "--run", run_id, "--row", member_row)
+    by_row = _explain(tmp_path, db, "--run", run_id, "--row", member_row)
     assert sorted(t["relation"] for t in by_row["tokens"]) == ["descendant", "row"]
     assert [(o["sink_name"], o["sink_line"]) for o in by_row["outputs"]] == [("batches", 2)]
 
 
-def test_explain_member_of_a_batch_retried_after_a_crash(tmp_path: Path) -> None:
+def test_explain_member_of_a_batch_retried_after_a_crash(tmp_path: Path, db: Landscape) -> None:
     run_id, code = _example(
-        tmp_path, "batch_aggregation", env={"ELSPETH_FAULT_INJECT": "batch_executing:1"}
+        tmp_path, db, "batch_aggregation", env={"ELSPETH_FAULT_INJECT": "batch_executing:1"}
     )
     assert code == -signal.SIGKILL
-    resumed = run_cli("resume", run_id, "-x", "-d", DB, cwd=tmp_path)
+    resumed = run_cli("resume", run_id, "-x", "-d", db.cli, cwd=tmp_path)
     assert resumed.code == 0, resumed.stderr
-    doc = _explain(tmp_path, "--run", run_id, "--sink", "batches", "--line", "1")
+    doc = _explain(tmp_path, db, "--run", run_id, "--sink", "batches", "--line", "1")
     members = [t for t in doc["tokens"] if t["relation"] == "ancestor"]
     assert len(members) == 10
     attempts = sorted((b["attempt"], b["status"]) for b in members[0]["batches"])
