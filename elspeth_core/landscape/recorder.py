@@ -28,7 +28,7 @@ from elspeth_core.ids import new_id
 from elspeth_core.landscape import schema as t
 from elspeth_core.landscape.database import LandscapeDB
 from elspeth_core.landscape.records import ChunkRecords, Record
-from elspeth_core.landscape.statements import CompiledStatement
+from elspeth_core.landscape.statements import CompiledStatement, CopyInsert
 
 BATCH_STATUSES = ("draft", "executing", "completed", "failed")
 
@@ -43,6 +43,9 @@ class LandscapeRecorder:
     def __init__(self, db: LandscapeDB) -> None:
         self.db = db
         self._statements: dict[tuple[Any, ...], CompiledStatement] = {}
+        # PostgreSQL takes a chunk's records with COPY (several times faster than executemany).
+        self._copy_inserts = db.engine.dialect.name == "postgresql"
+        self._copies: dict[tuple[str, tuple[str, ...]], CopyInsert] = {}
 
     def _compiled(
         self,
@@ -346,13 +349,19 @@ class LandscapeRecorder:
                 self._bulk_insert(conn, table, values)
 
     def _bulk_insert(self, conn: Connection, table: Any, values: list[Record]) -> None:
-        """One executemany of an INSERT compiled once per table and column set.
+        """One bulk write of ``values`` (same columns): COPY on PostgreSQL, else one executemany.
 
         ``conn.execute(insert(table), values)`` re-processes every parameter dict in Python, which
         costs more than the database write itself at tens of thousands of records per second; see
         :mod:`~elspeth_core.landscape.statements`.
         """
         keys = tuple(values[0])
+        if self._copy_inserts:
+            copier = self._copies.get((table.name, keys))
+            if copier is None:
+                copier = self._copies[(table.name, keys)] = CopyInsert(table, conn.dialect, keys)
+            copier.executemany(conn, values)
+            return
         statement = self._compiled(("insert", table.name, keys), lambda: insert(table), keys)
         statement.executemany(conn, values)
 

@@ -3,13 +3,18 @@
 ``conn.execute(insert(table), rows)`` builds or looks up the compiled statement and then processes
 every parameter of every row in Python; at a hundred chunk commits per second, each with thousands
 of records, that costs more than the database work itself. A :class:`CompiledStatement` keeps what
-SQLAlchemy compiled for one dialect — the SQL text, the parameter order the driver wants, and the
-bind processors of the few columns that need one (timestamps, booleans on SQLite) — and builds the
-driver's parameters column by column with C-level ``map``/``zip``.
+SQLAlchemy compiled for one dialect — the SQL text in a positional parameter style, the order of its
+parameters, and the bind processors of the few columns that need one (timestamps, booleans on
+SQLite) — and builds the driver's parameter tuples column by column with C-level ``map``/``zip``
+(positional binding is a quarter cheaper in the SQLite driver than binding by name).
+
+:class:`CopyInsert` writes an INSERT's rows with PostgreSQL's ``COPY ... FROM STDIN`` instead,
+several times faster than an ``executemany`` of the same rows, in the same transaction.
 
 Statements are still built with SQLAlchemy Core from the schema's tables (never SQL strings by
-hand), and only ``landscape`` uses this module. Semantics are those of ``conn.execute``: the same
-SQL, the same bind processors, so the same stored values.
+hand, except COPY's column list, which is quoted by the dialect), and only ``landscape`` uses this
+module. Semantics are those of ``conn.execute``: the same SQL, the same bind processors, so the
+same stored values.
 """
 
 from __future__ import annotations
@@ -18,25 +23,24 @@ from collections.abc import Callable, Mapping, Sequence
 from operator import is_, itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection, CursorResult, Table
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
 Processor = Callable[[Any], Any]
 _UNSET = object()
 
-
-# DBAPI drivers that also accept named parameters with a mapping per row, whatever the dialect's
-# default paramstyle: rows can then be handed to the driver as they are, without building tuples.
-_NAMED_STYLE_DRIVERS = frozenset({"pysqlite"})
+# The positional style each driver understands, whatever style its dialect defaults to.
+_POSITIONAL_STYLE = {"pysqlite": "qmark", "psycopg": "format"}
 
 
 class CompiledStatement:
     """One statement compiled for one dialect, with its parameter plan.
 
-    Parameters are passed by name (a mapping per row); rows whose columns need no bind processor
-    go to the driver as they are, the others as shallow copies with the processed values.
+    Callers pass parameters by name (a mapping per row); they reach the driver as tuples in the
+    compiled statement's order, with the bind processors applied.
 
     Args:
         statement: a Core statement; bound values must be ``bindparam``\\ s (or, for an INSERT,
@@ -51,11 +55,12 @@ class CompiledStatement:
         dialect: Dialect,
         column_keys: Sequence[str] | None = None,
     ) -> None:
+        style = _POSITIONAL_STYLE.get(dialect.driver)
+        if style is None:
+            raise ValueError(f"driver {dialect.driver} has no known positional style: unsupported")
         text_dialect = dialect
-        if dialect.positional and dialect.driver in _NAMED_STYLE_DRIVERS:
-            text_dialect = cast(Any, type(dialect))(paramstyle="named")
-        if text_dialect.positional:
-            raise ValueError(f"driver {dialect.driver} needs positional parameters: unsupported")
+        if dialect.paramstyle != style:
+            text_dialect = cast(Any, type(dialect))(paramstyle=style)
         compiled = cast(
             SQLCompiler,
             statement.compile(
@@ -64,43 +69,77 @@ class CompiledStatement:
             ),
         )
         self.sql = str(compiled)
-        self.names: tuple[str, ...] = tuple(compiled.binds)
+        self.names: tuple[str, ...] = tuple(compiled.positiontup or ())
         # Processors of the connection's own dialect: exactly what conn.execute would apply.
-        self._processors: tuple[tuple[str, Processor], ...] = tuple(
-            (name, processor)
-            for name, bind in compiled.binds.items()
-            if (processor := bind.type._cached_bind_processor(dialect)) is not None
+        self._processors: tuple[tuple[int, Processor], ...] = tuple(
+            (position, processor)
+            for position, name in enumerate(self.names)
+            if (processor := compiled.binds[name].type._cached_bind_processor(dialect)) is not None
         )
 
     def execute(self, conn: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
         """Run once with ``params`` (keyed by bind name)."""
-        values = {name: params[name] for name in self.names}
-        for name, processor in self._processors:
-            values[name] = processor(values[name])
-        return conn.exec_driver_sql(self.sql, values)
+        return conn.exec_driver_sql(self.sql, self.tuples([params])[0])
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per row (one ``executemany``); every row has (at least) ``names``."""
-        conn.exec_driver_sql(self.sql, self._many(rows))
+        conn.exec_driver_sql(self.sql, self.tuples(rows))
 
-    def _many(self, rows: Sequence[Mapping[str, Any]]) -> list[Any]:
-        changed: list[tuple[str, list[Any]]] = []
-        for name, processor in self._processors:
-            raw = list(map(itemgetter(name), rows))
-            processed = list(map(_remember_last(processor), raw))
-            if not all(map(is_, raw, processed)):  # e.g. to_float() of floats changes nothing
-                changed.append((name, processed))
-        if not changed:
-            return list(rows)
-        if len(changed) == 1:
-            ((name, values),) = changed
-            return [{**row, name: value} for row, value in zip(rows, values, strict=True)]
-        names = [name for name, _values in changed]
-        columns = zip(*(values for _name, values in changed), strict=True)
-        return [
-            {**row, **dict(zip(names, values, strict=True))}
-            for row, values in zip(rows, columns, strict=True)
-        ]
+    def tuples(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        """The rows as the driver's parameter tuples: in statement order, processors applied."""
+        return values_in_order(rows, self.names, self._processors)
+
+
+class CopyInsert:
+    """Rows of one table and column set written with PostgreSQL's ``COPY ... FROM STDIN``.
+
+    Values go through the same bind processors as an INSERT's; psycopg adapts them for COPY as it
+    does for query parameters, so the stored values are those an ``executemany`` would store.
+    """
+
+    def __init__(self, table: Table, dialect: Dialect, column_keys: Sequence[str]) -> None:
+        quote = dialect.identifier_preparer.quote
+        self.names = tuple(column_keys)
+        columns = ", ".join(quote(name) for name in self.names)
+        self.sql = f"COPY {quote(table.name)} ({columns}) FROM STDIN"
+        self._processors: tuple[tuple[int, Processor], ...] = tuple(
+            (position, processor)
+            for position, name in enumerate(self.names)
+            if (processor := table.c[name].type._cached_bind_processor(dialect)) is not None
+        )
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Copy ``rows`` inside the connection's current transaction."""
+        values = values_in_order(rows, self.names, self._processors)
+        driver_conn = cast(Any, conn.connection.driver_connection)
+        try:
+            with driver_conn.cursor() as cursor, cursor.copy(self.sql) as copy:
+                for row in values:
+                    copy.write_row(row)
+        except conn.dialect.loaded_dbapi.IntegrityError as exc:
+            # What conn.execute would raise, so callers handle one exception type.
+            raise IntegrityError(self.sql, None, exc) from exc
+
+
+def values_in_order(
+    rows: Sequence[Mapping[str, Any]],
+    names: Sequence[str],
+    processors: Sequence[tuple[int, Processor]],
+) -> list[tuple[Any, ...]]:
+    """Each row's values of ``names`` as a tuple, with ``processors`` applied by position."""
+    if not names:
+        return [() for _row in rows]
+    if not processors:
+        if len(names) == 1:
+            return [(value,) for value in map(itemgetter(names[0]), rows)]
+        return list(map(itemgetter(*names), rows))
+    columns = [list(map(itemgetter(name), rows)) for name in names]
+    for position, processor in processors:
+        raw = columns[position]
+        processed = list(map(_remember_last(processor), raw))
+        if not all(map(is_, raw, processed)):  # e.g. to_float() of floats changes nothing
+            columns[position] = processed
+    return list(zip(*columns, strict=True))
 
 
 def _remember_last(processor: Processor) -> Processor:
