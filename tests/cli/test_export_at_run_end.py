@@ -5,7 +5,8 @@ A run with ``landscape.export: {enabled: true, sign: true}`` must leave a signed
 run before anything exists (no landscape, no sink file); the export sink takes no rows (a route to
 it is a validation error); a run killed mid-way and resumed is exported once, at the end of the
 resume, covering every row; an export that fails after the run completed leaves the run completed,
-exits 2 and names the command that writes the export again.
+exits 2 and names the command that writes the export again. The tests that record a run do so on
+both landscape backends (SQLite and PostgreSQL); validation-only tests open no landscape.
 """
 
 from __future__ import annotations
@@ -25,12 +26,12 @@ from elspeth_core.dag import build_graph
 from examples.generate import generate
 from tests.support.cli import (
     Result,
-    assert_landscape_invariants,
     gate_pipeline,
-    query,
     run_cli,
-    run_ids,
     sink_files,
+    url_invariants,
+    url_query,
+    url_run_ids,
     write_settings,
 )
 
@@ -53,11 +54,16 @@ RUN_TABLES = (
 )
 
 
-def _settings(work: Path, *, fmt: str = "json", sign: bool = True, **overrides: Any) -> Path:
-    """The gate pipeline of ``tests.support.cli`` plus an ``audit`` sink used by the export."""
+def _settings(work: Path, url: str | None = None, *, fmt: str = "json", sign: bool = True) -> Path:
+    """The gate pipeline of ``tests.support.cli`` plus an ``audit`` sink used by the export.
+
+    ``url``: the landscape (default: ``audit.db`` in ``work``).
+    """
     work.mkdir(parents=True, exist_ok=True)
     generate(str(work / "in.csv"), ROWS, seed=11, bad_every=53)
-    data = gate_pipeline(work, work / "in.csv", **overrides)
+    data = gate_pipeline(work, work / "in.csv")
+    if url is not None:
+        data["landscape"]["url"] = url
     suffix = "jsonl" if fmt == "json" else "csv"
     data["sinks"]["audit"] = {
         "plugin": fmt,
@@ -78,12 +84,12 @@ def _manifest(path: Path) -> dict[str, Any]:
     return dict(json.loads(last)["manifest"])
 
 
-def _landscape_counts(db: Path, run_id: str) -> dict[str, int]:
+def _landscape_counts(url: str, run_id: str) -> dict[str, int]:
     counts = {
-        t: query(db, f"SELECT count(*) FROM {t} WHERE run_id = '{run_id}'")[0][0]
+        t: url_query(url, f"SELECT count(*) FROM {t} WHERE run_id = :r", r=run_id)[0][0]
         for t in RUN_TABLES
     }
-    counts["token_parents"] = query(db, "SELECT count(*) FROM token_parents")[0][0]
+    counts["token_parents"] = url_query(url, "SELECT count(*) FROM token_parents")[0][0]
     counts["batch_members"] = counts["batch_outputs"] = 0
     return counts
 
@@ -99,26 +105,26 @@ def _one_error_line(result: Result) -> tuple[str, str]:
 
 @pytest.mark.parametrize("fmt", ["json", "csv"])
 def test_signed_export_at_run_end_verifies_and_names_a_tampered_record(
-    tmp_path: Path, fmt: str
+    tmp_path: Path, fmt: str, landscape_url: str
 ) -> None:
-    settings = _settings(tmp_path, fmt=fmt)
+    url = landscape_url
+    settings = _settings(tmp_path, url, fmt=fmt)
     result = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path, env=KEY)
     assert result.code == 0, result.stderr
-    (run_id,) = run_ids(tmp_path / "audit.db")
+    (run_id,) = url_run_ids(url)
     path = _export_path(tmp_path, fmt)
     assert f"audit export: {path}" in result.stdout
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]  # no .partial left
 
-    db = tmp_path / "audit.db"
     manifest = _manifest(path)
     assert manifest["run_id"] == run_id and manifest["algorithm"] == "hmac-sha256-chain-v1"
-    assert manifest["tables"] == _landscape_counts(db, run_id)
+    assert manifest["tables"] == _landscape_counts(url, run_id)
     assert manifest["tables"]["rows"] == ROWS
     # The exported runs record is the final one (the export is written after finish_run).
-    assert query(db, "SELECT status FROM runs")[0][0] == "completed"
+    assert url_query(url, "SELECT status FROM runs")[0][0] == "completed"
     # The export sink is no pipeline node: no node, no artifact, no rows routed to it.
-    assert query(db, "SELECT count(*) FROM nodes WHERE name = 'audit'")[0][0] == 0
-    assert query(db, "SELECT count(*) FROM token_outcomes WHERE sink_name = 'audit'")[0][0] == 0
+    assert url_query(url, "SELECT count(*) FROM nodes WHERE name = 'audit'")[0][0] == 0
+    assert url_query(url, "SELECT count(*) FROM token_outcomes WHERE sink_name = 'audit'") == [(0,)]
     assert set(sink_files(tmp_path)) == {
         "normal.csv",
         "high.csv",
@@ -148,8 +154,10 @@ def test_signed_export_at_run_end_verifies_and_names_a_tampered_record(
     )
 
 
-def test_missing_key_refuses_the_run_before_anything_is_written(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+def test_missing_key_refuses_the_run_before_anything_is_written(
+    tmp_path: Path, landscape_url: str
+) -> None:
+    settings = _settings(tmp_path, landscape_url)
     for command in (["validate", "-s", str(settings)], ["run", "-s", str(settings), "-x"]):
         result = run_cli(*command, cwd=tmp_path)
         assert result.code == 1, (command, result.stdout, result.stderr)
@@ -163,7 +171,7 @@ def test_missing_key_refuses_the_run_before_anything_is_written(tmp_path: Path) 
         ), reason
         assert "ELSPETH_SIGNING_KEY" in hint
     # Nothing was created: no landscape (so no run row), no sink file, no export, no payloads.
-    assert run_ids(tmp_path / "audit.db") == []
+    assert url_run_ids(landscape_url) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "settings.yaml"]
 
 
@@ -203,9 +211,10 @@ def test_a_route_to_the_export_sink_is_a_validation_error(
 
 
 def test_a_crashed_then_resumed_run_is_exported_once_at_the_end_of_the_resume(
-    tmp_path: Path,
+    tmp_path: Path, landscape_url: str
 ) -> None:
-    settings = _settings(tmp_path)
+    url = landscape_url
+    settings = _settings(tmp_path, url)
     crashed = run_cli(
         "run",
         "-s",
@@ -215,26 +224,24 @@ def test_a_crashed_then_resumed_run_is_exported_once_at_the_end_of_the_resume(
         env={**KEY, "ELSPETH_FAULT_INJECT": "after_commit:2"},
     )
     assert crashed.code == -signal.SIGKILL, (crashed.code, crashed.stderr)
-    (run_id,) = run_ids(tmp_path / "audit.db")
-    db = tmp_path / "audit.db"
-    assert 0 < query(db, "SELECT count(*) FROM rows")[0][0] < ROWS
+    (run_id,) = url_run_ids(url)
+    assert 0 < url_query(url, "SELECT count(*) FROM rows")[0][0] < ROWS
     assert not (tmp_path / "exports").exists()  # no export for a run that has not ended
 
-    url = f"sqlite:///{db}"
     refused = run_cli("resume", run_id, "-x", "-d", url, cwd=tmp_path)  # no key
     assert refused.code == 1, refused.stderr
     reason, _hint = _one_error_line(refused)
     assert "ELSPETH_SIGNING_KEY is not set" in reason
-    assert query(db, "SELECT count(*) FROM run_attempts")[0][0] == 1  # nothing was taken over
+    assert url_query(url, "SELECT count(*) FROM run_attempts") == [(1,)]  # nothing taken over
     assert not (tmp_path / "exports").exists()
 
     resumed = run_cli("resume", run_id, "-x", "-d", url, cwd=tmp_path, env=KEY)
     assert resumed.code == 0, resumed.stderr
     path = _export_path(tmp_path)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name]
-    assert_landscape_invariants(db, run_id, ROWS)
+    url_invariants(url, run_id, ROWS)
     manifest = _manifest(path)
-    assert manifest["tables"] == _landscape_counts(db, run_id)
+    assert manifest["tables"] == _landscape_counts(url, run_id)
     assert manifest["tables"]["rows"] == ROWS and manifest["tables"]["run_attempts"] == 2
     runs = [json.loads(line) for line in path.read_text().splitlines() if '"table":"runs"' in line]
     assert [r["record"]["status"] for r in runs] == ["completed"]
@@ -242,19 +249,20 @@ def test_a_crashed_then_resumed_run_is_exported_once_at_the_end_of_the_resume(
     assert verified.code == 0, verified.stderr
 
 
-def test_an_export_that_fails_after_the_run_completed(tmp_path: Path) -> None:
-    settings = _settings(tmp_path)
+def test_an_export_that_fails_after_the_run_completed(tmp_path: Path, landscape_url: str) -> None:
+    url = landscape_url
+    settings = _settings(tmp_path, url)
     (tmp_path / "exports").write_text("a file where the export folder should be\n")
     result = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path, env=KEY)
     assert result.code == 2, (result.stdout, result.stderr)
-    (run_id,) = run_ids(tmp_path / "audit.db")
+    (run_id,) = url_run_ids(url)
     reason, hint = _one_error_line(result)
     assert reason.startswith(
         f"Error: run {run_id} completed ({ROWS} rows), but its audit export (landscape.export, "
         "sink 'audit') failed: "
     ), reason
     # The run itself is complete and stays so; its outputs are all there.
-    assert_landscape_invariants(tmp_path / "audit.db", run_id, ROWS)
+    url_invariants(url, run_id, ROWS)
     assert set(sink_files(tmp_path)) == {
         "normal.csv",
         "high.csv",

@@ -3,6 +3,7 @@
 The export of a real run must hold exactly the run's records (counted table by table in the
 landscape). Then one record is changed, one removed, two swapped, the tail cut off, the manifest
 edited: ``verify`` must exit 1 and name the first bad record by index, table and primary key.
+The exported run is recorded on both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from elspeth_core.config import load_settings
 from elspeth_core.export import SigningKeyMissing, check_export_ready, export_if_configured
 from elspeth_core.landscape import LandscapeDB
 from examples.generate import generate
-from tests.support.cli import gate_pipeline, query, run_cli, run_ids, write_settings
+from tests.support.cli import gate_pipeline, run_cli, url_query, url_run_ids, write_settings
+from tests.support.landscape_fixtures import Landscapes
 
 ROWS = 150
 KEY = {"ELSPETH_SIGNING_KEY": "test-audit-key-0123456789"}
@@ -40,19 +42,23 @@ TABLES = (
 )
 
 
+Run = tuple[Path, str, str]  # work directory, run ID, landscape URL
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def run(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> Run:
     work = tmp_path_factory.mktemp("export")
+    url = landscapes.new(work)
     generate(str(work / "in.csv"), ROWS, seed=2, bad_every=40)
-    settings = write_settings(work / "settings.yaml", gate_pipeline(work, work / "in.csv"))
+    data = gate_pipeline(work, work / "in.csv", landscape={"url": url})
+    settings = write_settings(work / "settings.yaml", data)
     assert run_cli("run", "-s", str(settings), "-x", cwd=work).code == 0
-    (run_id,) = run_ids(work / "audit.db")
-    return work, run_id
+    (run_id,) = url_run_ids(url)
+    return work, run_id, url
 
 
-def _export(
-    work: Path, run_id: str, name: str, *args: str, env: dict[str, str] | None = KEY
-) -> Path:
+def _export(run: Run, name: str, *args: str, env: dict[str, str] | None = KEY) -> Path:
+    work, run_id, url = run
     out = work / "exports" / name
     result = run_cli(
         "export",
@@ -61,7 +67,7 @@ def _export(
         str(out),
         *args,
         "-d",
-        f"sqlite:///{work / 'audit.db'}",
+        url,
         cwd=work,
         env=env,
     )
@@ -73,22 +79,22 @@ def _verify(work: Path, path: Path, env: dict[str, str] | None = KEY) -> Any:
     return run_cli("verify", str(path), cwd=work, env=env)
 
 
-def _expected_counts(work: Path, run_id: str) -> dict[str, int]:
-    db = work / "audit.db"
+def _expected_counts(url: str, run_id: str) -> dict[str, int]:
     counts = {
-        t: query(db, f"SELECT count(*) FROM {t} WHERE run_id = '{run_id}'")[0][0] for t in TABLES
+        t: url_query(url, f"SELECT count(*) FROM {t} WHERE run_id = :r", r=run_id)[0][0]
+        for t in TABLES
     }
-    counts["token_parents"] = query(db, "SELECT count(*) FROM token_parents")[0][0]
+    counts["token_parents"] = url_query(url, "SELECT count(*) FROM token_parents")[0][0]
     counts["batch_members"] = counts["batch_outputs"] = 0
     return counts
 
 
-def test_signed_json_export_holds_every_record_and_verifies(run: tuple[Path, str]) -> None:
-    work, run_id = run
-    path = _export(work, run_id, "audit.jsonl", "--sign")
+def test_signed_json_export_holds_every_record_and_verifies(run: Run) -> None:
+    work, run_id, url = run
+    path = _export(run, "audit.jsonl", "--sign")
     lines = [json.loads(line) for line in path.read_text().splitlines()]
     records, manifest = lines[:-1], lines[-1]
-    expected = _expected_counts(work, run_id)
+    expected = _expected_counts(url, run_id)
     assert manifest["manifest"]["tables"] == expected
     assert manifest["manifest"]["records"] == len(records) == sum(expected.values())
     assert manifest["manifest"]["run_id"] == run_id
@@ -98,10 +104,9 @@ def test_signed_json_export_holds_every_record_and_verifies(run: tuple[Path, str
     assert all(len(r["signature"]) == 64 for r in records)
     # A record is the row as stored: compare one node state with the landscape.
     state = next(r for r in records if r["table"] == "node_states")
-    (status, digest) = query(
-        work / "audit.db",
-        f"SELECT status, input_hash FROM node_states WHERE state_id = '{state['id']}'",
-    )[0]
+    ((status, digest),) = url_query(
+        url, "SELECT status, input_hash FROM node_states WHERE state_id = :s", s=state["id"]
+    )
     assert (state["record"]["status"], state["record"]["input_hash"]) == (status, digest)
 
     reported = run_cli(
@@ -112,7 +117,7 @@ def test_signed_json_export_holds_every_record_and_verifies(run: tuple[Path, str
         "--sign",
         "--json",
         "-d",
-        f"sqlite:///{work / 'audit.db'}",
+        url,
         cwd=work,
         env=KEY,
     )
@@ -122,9 +127,9 @@ def test_signed_json_export_holds_every_record_and_verifies(run: tuple[Path, str
     assert verified.stdout.startswith(f"verified {len(records)} records of run {run_id} (signed")
 
 
-def test_signed_csv_export_verifies_and_names_a_tampered_record(run: tuple[Path, str]) -> None:
-    work, run_id = run
-    path = _export(work, run_id, "audit.csv", "--format", "csv", "--sign")
+def test_signed_csv_export_verifies_and_names_a_tampered_record(run: Run) -> None:
+    work, run_id, url = run
+    path = _export(run, "audit.csv", "--format", "csv", "--sign")
     rows = list(csv.reader(io.StringIO(path.read_text())))
     assert rows[0] == ["index", "table", "id", "record", "signature"]
     assert rows[-1][0] == "manifest"
@@ -156,9 +161,9 @@ def _rewrite(path: Path, name: str, change: Any) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["edit", "remove", "swap", "truncate", "manifest", "append"])
-def test_verify_names_the_first_tampered_record(run: tuple[Path, str], kind: str) -> None:
-    work, run_id = run
-    path = _export(work, run_id, "audit.jsonl", "--sign")
+def test_verify_names_the_first_tampered_record(run: Run, kind: str) -> None:
+    work, run_id, url = run
+    path = _export(run, "audit.jsonl", "--sign")
     records = [json.loads(line) for line in path.read_text().splitlines()[:-1]]
     target = next(i for i, r in enumerate(records) if r["table"] == "rows") + 5
     victim = records[target]
@@ -194,17 +199,17 @@ def test_verify_names_the_first_tampered_record(run: tuple[Path, str], kind: str
     assert error.startswith("Error: ") and expected in error, error
 
 
-def test_verify_with_the_wrong_or_no_key(run: tuple[Path, str]) -> None:
-    work, run_id = run
-    path = _export(work, run_id, "audit.jsonl", "--sign")
+def test_verify_with_the_wrong_or_no_key(run: Run) -> None:
+    work, run_id, url = run
+    path = _export(run, "audit.jsonl", "--sign")
     wrong = _verify(work, path, env={"ELSPETH_SIGNING_KEY": "another-key"})
     assert wrong.code == 1 and "signed with another key" in wrong.stderr
     missing = _verify(work, path, env={})
     assert missing.code == 1 and "ELSPETH_SIGNING_KEY is not set" in missing.stderr
 
 
-def test_signing_without_a_key_is_a_clear_error(run: tuple[Path, str]) -> None:
-    work, run_id = run
+def test_signing_without_a_key_is_a_clear_error(run: Run) -> None:
+    work, run_id, url = run
     out = work / "exports" / "nokey.jsonl"
     result = run_cli(
         "export",
@@ -213,7 +218,7 @@ def test_signing_without_a_key_is_a_clear_error(run: tuple[Path, str]) -> None:
         str(out),
         "--sign",
         "-d",
-        f"sqlite:///{work / 'audit.db'}",
+        url,
         cwd=work,
     )
     assert result.code == 1
@@ -224,9 +229,9 @@ def test_signing_without_a_key_is_a_clear_error(run: tuple[Path, str]) -> None:
     assert lines[1].startswith("Hint: ") and not out.exists()
 
 
-def test_unsigned_export_verifies_as_integrity_only(run: tuple[Path, str]) -> None:
-    work, run_id = run
-    path = _export(work, run_id, "plain.jsonl", env=None)
+def test_unsigned_export_verifies_as_integrity_only(run: Run) -> None:
+    work, run_id, url = run
+    path = _export(run, "plain.jsonl", env=None)
     result = _verify(work, path, env=None)
     assert result.code == 0
     assert "UNSIGNED" in result.stdout
@@ -239,9 +244,9 @@ def test_unsigned_export_verifies_as_integrity_only(run: tuple[Path, str]) -> No
 
 
 def test_export_if_configured_writes_the_export_sink(
-    run: tuple[Path, str], monkeypatch: pytest.MonkeyPatch
+    run: Run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    work, run_id = run
+    work, run_id, url = run
     data = gate_pipeline(work, work / "in.csv")
     data["sinks"]["audit"] = {
         "plugin": "csv",
@@ -250,7 +255,7 @@ def test_export_if_configured_writes_the_export_sink(
     data["landscape"]["export"] = {"enabled": True, "sink": "audit", "format": "csv", "sign": True}
     settings = load_settings(write_settings(work / "export-settings.yaml", data)).settings
     monkeypatch.setenv("ELSPETH_SIGNING_KEY", KEY["ELSPETH_SIGNING_KEY"])
-    with LandscapeDB(f"sqlite:///{work / 'audit.db'}", create=False) as db:
+    with LandscapeDB(url, create=False) as db:
         path = export_if_configured(db, run_id, settings)
         assert path == work / "exports" / "run-end.csv"
         data["landscape"]["export"]["enabled"] = False

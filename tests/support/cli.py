@@ -157,6 +157,18 @@ def url_query(url: str, sql: str, **params: object) -> list[tuple]:
         engine.dispose()
 
 
+def url_execute(url: str, sql: str, **params: object) -> None:
+    """Run one SQL statement against any landscape URL and commit it."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(sql), params)
+    finally:
+        engine.dispose()
+
+
 def url_run_ids(url: str) -> list[str]:
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return []
