@@ -106,12 +106,17 @@ def sink_files(workdir: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((workdir / "out").glob("*")) if p.is_file()}
 
 
-def query(db: Path, sql: str) -> list[tuple]:
+def query(db: Path | str, sql: str) -> list[tuple]:
+    """Run SQL against a landscape: a SQLite file's path, or any landscape URL."""
+    if isinstance(db, str):
+        return url_query(db, sql)
     with sqlite3.connect(db) as conn:
         return conn.execute(sql).fetchall()
 
 
-def run_ids(db: Path) -> list[str]:
+def run_ids(db: Path | str) -> list[str]:
+    if isinstance(db, str):
+        return url_run_ids(db)
     if not db.exists():
         return []
     try:
@@ -120,7 +125,7 @@ def run_ids(db: Path) -> list[str]:
         return []
 
 
-def assert_landscape_invariants(db: Path, run_id: str, source_rows: int) -> None:
+def assert_landscape_invariants(db: Path | str, run_id: str, source_rows: int) -> None:
     """SPEC §3 invariants after completion."""
     (status,) = query(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'")[0]
     assert status == "completed"
@@ -128,7 +133,7 @@ def assert_landscape_invariants(db: Path, run_id: str, source_rows: int) -> None
     bad = query(
         db,
         f"""SELECT t.token_id, count(o.outcome_id) FROM tokens t
-            LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal = 1
+            LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal
             WHERE t.run_id = '{run_id}' GROUP BY t.token_id HAVING count(o.outcome_id) != 1""",
     )
     assert bad == [], f"tokens without exactly one terminal outcome: {bad[:5]}"

@@ -75,8 +75,11 @@ def pipeline(
     frequency: str = "every_n",
     interval: int = 100,
     retry: dict | None = None,
+    landscape: str | None = None,
 ) -> dict[str, Any]:
     """A pipeline over ``source`` (CSV or JSON by extension) with the given steps.
+
+    ``landscape``: the landscape URL (default: the SQLite file ``work/audit.db``).
 
     ``fields``: the source schema's typed fields (default: typed CSV columns; ``[]`` or a JSON
     source: a dynamic schema, values as read).
@@ -94,7 +97,7 @@ def pipeline(
         "coalesce": coalesce or [],
         "sinks": sinks or {"out": {"plugin": "csv", "options": {"path": str(out / "out.csv")}}},
         "output_sink": output_sink,
-        "landscape": {"url": f"sqlite:///{work / 'audit.db'}"},
+        "landscape": {"url": landscape or f"sqlite:///{work / 'audit.db'}"},
         "checkpoint": {"enabled": True, "frequency": frequency, "checkpoint_interval": interval},
         "payload_store": {"base_path": str(work / "payloads")},
     }
@@ -130,14 +133,16 @@ def run_pipeline(work: Path, data: dict, *, env: dict[str, str] | None = None) -
     return run_cli("run", "-s", str(settings), "-x", cwd=work, env=env)
 
 
-def resume(work: Path, run_id: str, *, env: dict[str, str] | None = None) -> Result:
-    return run_cli(
-        "resume", run_id, "-d", f"sqlite:///{work / 'audit.db'}", "-x", cwd=work, env=env
-    )
+def resume(
+    work: Path, run_id: str, *, env: dict[str, str] | None = None, landscape: str | None = None
+) -> Result:
+    database = landscape or f"sqlite:///{work / 'audit.db'}"
+    return run_cli("resume", run_id, "-d", database, "-x", cwd=work, env=env)
 
 
-def only_run(work: Path) -> str:
-    (run_id,) = run_ids(work / "audit.db")
+def only_run(where: Path | str) -> str:
+    """The one run in a work dir's ``audit.db``, or in the landscape at a URL."""
+    (run_id,) = run_ids(where if isinstance(where, str) else where / "audit.db")
     return run_id
 
 
@@ -195,38 +200,38 @@ def outputs(work: Path) -> dict[str, Any]:
     return found
 
 
-def outcome_counts(db: Path, run_id: str) -> dict[str, int]:
+def outcome_counts(db: Path | str, run_id: str) -> dict[str, int]:
     return dict(
         query(
             db,
             f"""SELECT outcome, count(*) FROM token_outcomes
-                              WHERE run_id = '{run_id}' AND is_terminal = 1 GROUP BY outcome""",
+                              WHERE run_id = '{run_id}' AND is_terminal GROUP BY outcome""",
         )
     )
 
 
-def sink_outcomes(db: Path, run_id: str) -> dict[str, int]:
+def sink_outcomes(db: Path | str, run_id: str) -> dict[str, int]:
     return dict(
         query(
             db,
             f"""SELECT sink_name, count(*) FROM token_outcomes
-                              WHERE run_id = '{run_id}' AND is_terminal = 1
+                              WHERE run_id = '{run_id}' AND is_terminal
                               AND sink_name IS NOT NULL GROUP BY sink_name""",
         )
     )
 
 
-def assert_every_token_terminal_once(db: Path, run_id: str) -> None:
+def assert_every_token_terminal_once(db: Path | str, run_id: str) -> None:
     bad = query(
         db,
         f"""SELECT t.token_id, count(o.outcome_id) FROM tokens t
-            LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal = 1
+            LEFT JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal
             WHERE t.run_id = '{run_id}' GROUP BY t.token_id HAVING count(o.outcome_id) != 1""",
     )
     assert bad == [], f"tokens without exactly one terminal outcome: {bad[:5]}"
 
 
-def assert_sinks_match_outcomes(db: Path, run_id: str, files: dict[str, int]) -> None:
+def assert_sinks_match_outcomes(db: Path | str, run_id: str, files: dict[str, int]) -> None:
     """Each sink's ``completed``/``routed`` outcomes count the rows its output holds."""
     recorded = sink_outcomes(db, run_id)
     for sink, rows in files.items():

@@ -48,7 +48,7 @@ def _assert_stats(row: dict[str, str], members: list[dict[str, str]]) -> None:
     assert row["status"] == members[0]["status"]
 
 
-def _batches(db: Path, run_id: str) -> list[tuple]:
+def _batches(db: Path | str, run_id: str) -> list[tuple]:
     return query(
         db,
         f"""SELECT b.status, b.attempt, b.trigger_type, count(m.token_id)
@@ -58,9 +58,13 @@ def _batches(db: Path, run_id: str) -> list[tuple]:
     )
 
 
-def test_single_mode_emits_one_row_per_batch_with_lineage(tmp_path: Path) -> None:
+def test_single_mode_emits_one_row_per_batch_with_lineage(
+    tmp_path: Path, landscape_url: str
+) -> None:
     source = make_csv(tmp_path / "in.csv", 10)
-    result = run_pipeline(tmp_path, pipeline(tmp_path, source, aggregations=[_stats_agg(4)]))
+    result = run_pipeline(
+        tmp_path, pipeline(tmp_path, source, landscape=landscape_url, aggregations=[_stats_agg(4)])
+    )
     assert result.code == 0, result.stderr
     rows = read_csv(tmp_path / "out" / "out.csv")
     members = _chunks(read_csv(source), 4)
@@ -68,7 +72,7 @@ def test_single_mode_emits_one_row_per_batch_with_lineage(tmp_path: Path) -> Non
     for row, batch in zip(rows, members, strict=True):
         _assert_stats(row, batch)
 
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert _batches(db, run_id) == [
         ("completed", 1, "count", 4),
         ("completed", 1, "count", 4),
@@ -92,7 +96,9 @@ def test_single_mode_emits_one_row_per_batch_with_lineage(tmp_path: Path) -> Non
     assert all(parent == member for _b, _t, parent, _o, member, _mo in lineage)
 
 
-def test_transform_mode_replicates_members_as_new_tokens(tmp_path: Path) -> None:
+def test_transform_mode_replicates_members_as_new_tokens(
+    tmp_path: Path, landscape_url: str
+) -> None:
     source = make_csv(tmp_path / "in.csv", 12)
     agg = {
         "name": "copies",
@@ -101,13 +107,15 @@ def test_transform_mode_replicates_members_as_new_tokens(tmp_path: Path) -> None
         "output_mode": "transform",
         "options": {"copies_field": "copies", "include_copy_index": True},
     }
-    result = run_pipeline(tmp_path, pipeline(tmp_path, source, aggregations=[agg]))
+    result = run_pipeline(
+        tmp_path, pipeline(tmp_path, source, landscape=landscape_url, aggregations=[agg])
+    )
     assert result.code == 0, result.stderr
     expected = [(row["id"], str(i)) for row in read_csv(source) for i in range(int(row["copies"]))]
     rows = read_csv(tmp_path / "out" / "out.csv")
     assert [(r["id"], r["copy_index"]) for r in rows] == expected
 
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert outcome_counts(db, run_id) == {"consumed_in_batch": 12, "completed": len(expected)}
     assert query(db, f"SELECT count(*) FROM tokens WHERE run_id = '{run_id}'") == [
         (12 + len(expected),)
@@ -115,10 +123,13 @@ def test_transform_mode_replicates_members_as_new_tokens(tmp_path: Path) -> None
     assert_every_token_terminal_once(db, run_id)
 
 
-def test_passthrough_mode_enriches_the_same_tokens(tmp_path: Path) -> None:
+def test_passthrough_mode_enriches_the_same_tokens(tmp_path: Path, landscape_url: str) -> None:
     source = make_csv(tmp_path / "in.csv", 7)
     result = run_pipeline(
-        tmp_path, pipeline(tmp_path, source, aggregations=[_stats_agg(3, "passthrough")])
+        tmp_path,
+        pipeline(
+            tmp_path, source, landscape=landscape_url, aggregations=[_stats_agg(3, "passthrough")]
+        ),
     )
     assert result.code == 0, result.stderr
     rows = read_csv(tmp_path / "out" / "out.csv")
@@ -129,21 +140,23 @@ def test_passthrough_mode_enriches_the_same_tokens(tmp_path: Path) -> None:
         assert {float(r["batch_sum"]) for r in batch_out} == {total}
         assert {int(r["batch_count"]) for r in batch_out} == {len(batch_in)}
 
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert query(db, f"SELECT count(*) FROM tokens WHERE run_id = '{run_id}'") == [(7,)]
     assert outcome_counts(db, run_id) == {"completed": 7}
     assert query(
         db,
         f"""SELECT count(*) FROM token_outcomes WHERE run_id = '{run_id}'
-                         AND outcome = 'buffered' AND is_terminal = 0""",
+                         AND outcome = 'buffered' AND NOT is_terminal""",
     ) == [(7,)]
     assert_every_token_terminal_once(db, run_id)
 
 
-def test_condition_trigger_over_row_and_batch_count(tmp_path: Path) -> None:
+def test_condition_trigger_over_row_and_batch_count(tmp_path: Path, landscape_url: str) -> None:
     source = make_csv(tmp_path / "in.csv", 40)
     agg = _stats_agg(condition="row['status'] == 'flagged' or batch_count >= 6")
-    result = run_pipeline(tmp_path, pipeline(tmp_path, source, aggregations=[agg]))
+    result = run_pipeline(
+        tmp_path, pipeline(tmp_path, source, landscape=landscape_url, aggregations=[agg])
+    )
     assert result.code == 0, result.stderr
     expected, current = [], []
     for row in read_csv(source):
@@ -157,11 +170,11 @@ def test_condition_trigger_over_row_and_batch_count(tmp_path: Path) -> None:
     assert len(rows) == len(expected)
     for row, batch in zip(rows, expected, strict=True):
         _assert_stats(row, batch)
-    triggers = [t for _s, _a, t, _n in _batches(tmp_path / "audit.db", only_run(tmp_path))]
+    triggers = [t for _s, _a, t, _n in _batches(landscape_url, only_run(landscape_url))]
     assert set(triggers[:-1]) == {"condition"}
 
 
-def test_chained_aggregations_feed_each_other_in_order(tmp_path: Path) -> None:
+def test_chained_aggregations_feed_each_other_in_order(tmp_path: Path, landscape_url: str) -> None:
     """A transform-mode batch's outputs fill the next aggregation, whose count trigger fires while
     the first batch's outputs are still being driven (the nested batch runs after it)."""
     source = make_csv(tmp_path / "in.csv", 50)
@@ -173,7 +186,10 @@ def test_chained_aggregations_feed_each_other_in_order(tmp_path: Path) -> None:
         "options": {"copies_field": "copies"},
     }
     result = run_pipeline(
-        tmp_path, pipeline(tmp_path, source, aggregations=[replicate, _stats_agg(4)])
+        tmp_path,
+        pipeline(
+            tmp_path, source, landscape=landscape_url, aggregations=[replicate, _stats_agg(4)]
+        ),
     )
     assert result.code == 0, result.stderr
     replicated = [row for row in read_csv(source) for _ in range(int(row["copies"]))]
@@ -182,7 +198,7 @@ def test_chained_aggregations_feed_each_other_in_order(tmp_path: Path) -> None:
     assert len(rows) == len(expected)
     for row, batch in zip(rows, expected, strict=True):
         _assert_stats(row, batch)
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert_every_token_terminal_once(db, run_id)
     assert query(
         db,
@@ -191,7 +207,7 @@ def test_chained_aggregations_feed_each_other_in_order(tmp_path: Path) -> None:
     ) == [(0,)]
 
 
-def test_aggregation_outputs_pass_gates_to_their_sinks(tmp_path: Path) -> None:
+def test_aggregation_outputs_pass_gates_to_their_sinks(tmp_path: Path, landscape_url: str) -> None:
     source = make_csv(tmp_path / "in.csv", 60)
     gate = {
         "name": "big",
@@ -202,14 +218,21 @@ def test_aggregation_outputs_pass_gates_to_their_sinks(tmp_path: Path) -> None:
         "out": {"plugin": "csv", "options": {"path": str(tmp_path / "out" / "out.csv")}},
         "big": {"plugin": "csv", "options": {"path": str(tmp_path / "out" / "big.csv")}},
     }
-    data = pipeline(tmp_path, source, aggregations=[_stats_agg(5)], gates=[gate], sinks=sinks)
+    data = pipeline(
+        tmp_path,
+        source,
+        landscape=landscape_url,
+        aggregations=[_stats_agg(5)],
+        gates=[gate],
+        sinks=sinks,
+    )
     assert run_pipeline(tmp_path, data).code == 0
     sums = [math.fsum(float(m["amount"]) for m in b) for b in _chunks(read_csv(source), 5)]
     big = read_csv(tmp_path / "out" / "big.csv")
     small = read_csv(tmp_path / "out" / "out.csv")
     assert [float(r["sum"]) for r in big] == [s for s in sums if s >= 2000]
     assert [float(r["sum"]) for r in small] == [s for s in sums if s < 2000]
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert_sinks_match_outcomes(db, run_id, {"big": len(big), "out": len(small)})
 
 
@@ -266,7 +289,9 @@ def _faulty_site(tmp_path: Path) -> dict[str, str]:
     return python_path(site)
 
 
-def test_passthrough_count_mismatch_fails_the_batch_and_its_members(tmp_path: Path) -> None:
+def test_passthrough_count_mismatch_fails_the_batch_and_its_members(
+    tmp_path: Path, landscape_url: str
+) -> None:
     env = _faulty_site(tmp_path)
     source = make_csv(tmp_path / "in.csv", 10)
     agg = {
@@ -275,9 +300,11 @@ def test_passthrough_count_mismatch_fails_the_batch_and_its_members(tmp_path: Pa
         "trigger": {"count": 4},
         "output_mode": "passthrough",
     }
-    result = run_pipeline(tmp_path, pipeline(tmp_path, source, aggregations=[agg]), env=env)
+    result = run_pipeline(
+        tmp_path, pipeline(tmp_path, source, landscape=landscape_url, aggregations=[agg]), env=env
+    )
     assert result.code == 2, result.stderr
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert query(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("failed",)]
     errors = query(db, f"SELECT status, error FROM batches WHERE run_id = '{run_id}'")
     assert len(errors) == 3
@@ -287,19 +314,21 @@ def test_passthrough_count_mismatch_fails_the_batch_and_its_members(tmp_path: Pa
     assert query(
         db,
         f"""SELECT count(*) FROM token_outcomes WHERE run_id = '{run_id}'
-                         AND is_terminal = 1 AND batch_id IS NULL""",
+                         AND is_terminal AND batch_id IS NULL""",
     ) == [(0,)]
     assert_every_token_terminal_once(db, run_id)
     assert read_csv(tmp_path / "out" / "out.csv") == []
 
     # Resuming cannot emit those members again: the failure is final, nothing is duplicated.
-    again = resume(tmp_path, run_id, env=env)
+    again = resume(tmp_path, run_id, env=env, landscape=landscape_url)
     assert again.code == 2, again.stderr
     assert query(db, f"SELECT count(*) FROM batches WHERE run_id = '{run_id}'") == [(3,)]
     assert outcome_counts(db, run_id) == {"failed": 10}
 
 
-def test_a_failed_batch_is_retried_on_resume_as_attempt_two(tmp_path: Path) -> None:
+def test_a_failed_batch_is_retried_on_resume_as_attempt_two(
+    tmp_path: Path, landscape_url: str
+) -> None:
     env = _faulty_site(tmp_path)
     source = make_csv(tmp_path / "in.csv", 9)
     flag = tmp_path / "flag"
@@ -310,9 +339,11 @@ def test_a_failed_batch_is_retried_on_resume_as_attempt_two(tmp_path: Path) -> N
         "output_mode": "single",
         "options": {"flag": str(flag)},
     }
-    first = run_pipeline(tmp_path, pipeline(tmp_path, source, aggregations=[agg]), env=env)
+    first = run_pipeline(
+        tmp_path, pipeline(tmp_path, source, landscape=landscape_url, aggregations=[agg]), env=env
+    )
     assert first.code == 2, first.stderr
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert _batches(db, run_id) == [
         ("failed", 1, "count", 4),
         ("failed", 1, "count", 4),
@@ -320,24 +351,27 @@ def test_a_failed_batch_is_retried_on_resume_as_attempt_two(tmp_path: Path) -> N
     ]
 
     flag.write_text("ready")
-    second = resume(tmp_path, run_id, env=env)
+    second = resume(tmp_path, run_id, env=env, landscape=landscape_url)
     assert second.code == 0, second.stderr
     rows = read_csv(tmp_path / "out" / "out.csv")
     assert [(r["first_id"], r["members"]) for r in rows] == [("0", "4"), ("4", "4"), ("8", "1")]
     retried = query(
         db,
-        f"""SELECT o.attempt, o.status, r.attempt, r.status,
-                                   (SELECT group_concat(token_id || ':' || ordinal, ',')
-                                    FROM (SELECT * FROM batch_members WHERE batch_id = o.batch_id
-                                          ORDER BY ordinal)),
-                                   (SELECT group_concat(token_id || ':' || ordinal, ',')
-                                    FROM (SELECT * FROM batch_members WHERE batch_id = r.batch_id
-                                          ORDER BY ordinal))
+        f"""SELECT o.batch_id, o.attempt, o.status, r.batch_id, r.attempt, r.status
                             FROM batches o JOIN batches r ON r.retry_of_batch_id = o.batch_id
                             WHERE o.run_id = '{run_id}' ORDER BY o.created_at""",
     )
+    members = {batch: [] for batch in {row[0] for row in retried} | {row[3] for row in retried}}
+    for batch, token, ordinal in query(
+        db,
+        f"""SELECT m.batch_id, m.token_id, m.ordinal FROM batch_members m
+            JOIN batches b ON b.batch_id = m.batch_id WHERE b.run_id = '{run_id}'
+            ORDER BY m.batch_id, m.ordinal""",
+    ):
+        if batch in members:
+            members[batch].append((token, ordinal))
     assert len(retried) == 3
-    for attempt, status, retry_attempt, retry_status, members, retry_members in retried:
+    for batch, attempt, status, retry_batch, retry_attempt, retry_status in retried:
         assert (attempt, status, retry_attempt, retry_status) == (1, "failed", 2, "completed")
-        assert members == retry_members
+        assert members[batch] and members[batch] == members[retry_batch]
     assert_every_token_terminal_once(db, run_id)

@@ -60,7 +60,7 @@ def _registry(clock: FakeClock) -> PluginRegistry:
     return registry
 
 
-def _settings(work: Path, source: Path) -> Path:
+def _settings(work: Path, source: Path, landscape: str) -> Path:
     gates = [
         {
             "name": "even",
@@ -86,6 +86,7 @@ def _settings(work: Path, source: Path) -> Path:
     data = pipeline(
         work,
         source,
+        landscape=landscape,
         row_plugins=[{"plugin": "tick"}],
         gates=gates,
         coalesce=coalesce,
@@ -97,12 +98,14 @@ def _settings(work: Path, source: Path) -> Path:
     return path
 
 
-def test_a_best_effort_join_merges_when_its_timeout_elapses(tmp_path: Path) -> None:
+def test_a_best_effort_join_merges_when_its_timeout_elapses(
+    tmp_path: Path, landscape_url: str
+) -> None:
     source = make_csv(tmp_path / "in.csv", ROWS)
     clock = FakeClock()
-    with LandscapeDB(f"sqlite:///{tmp_path / 'audit.db'}") as db:
+    with LandscapeDB(landscape_url) as db:
         result = Orchestrator(db, registry=_registry(clock), clock=clock).run(
-            load_settings(_settings(tmp_path, source))
+            load_settings(_settings(tmp_path, source, landscape_url))
         )
     assert result.status == "completed"
 
@@ -117,7 +120,7 @@ def test_a_best_effort_join_merges_when_its_timeout_elapses(tmp_path: Path) -> N
     expected += [k for k in range(0, ROWS, 2) if k + 4 >= ROWS]
     assert [int(r["id"]) for r in read_csv(tmp_path / "out" / "out.csv")] == expected
 
-    db_path = tmp_path / "audit.db"
+    db_path = landscape_url
     assert_every_token_terminal_once(db_path, result.run_id)
     merged = query(
         db_path,

@@ -40,10 +40,13 @@ def _orders(tmp_path: Path, rows: int) -> tuple[Path, list[dict]]:
     return source, read_jsonl(source)
 
 
-def test_json_explode_makes_one_token_per_element(tmp_path: Path) -> None:
+def test_json_explode_makes_one_token_per_element(tmp_path: Path, landscape_url: str) -> None:
     source, records = _orders(tmp_path, 30)
     sinks = {"out": jsonl_sink(tmp_path, "out"), "bad": jsonl_sink(tmp_path, "bad")}
-    result = run_pipeline(tmp_path, pipeline(tmp_path, source, row_plugins=[EXPLODE], sinks=sinks))
+    result = run_pipeline(
+        tmp_path,
+        pipeline(tmp_path, source, landscape=landscape_url, row_plugins=[EXPLODE], sinks=sinks),
+    )
     assert result.code == 0, result.stderr
     expected = [
         {**{k: v for k, v in r.items() if k != "items"}, "item": item, "item_index": i}
@@ -53,7 +56,7 @@ def test_json_explode_makes_one_token_per_element(tmp_path: Path) -> None:
     assert read_jsonl(tmp_path / "out" / "out.jsonl") == expected
     assert read_jsonl(tmp_path / "out" / "bad.jsonl") == [records[-1]]
 
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert outcome_counts(db, run_id) == {"expanded": 30, "completed": len(expected), "routed": 1}
     # Each child names its parent and shares the parent's expand group.
     linked = query(
@@ -73,7 +76,7 @@ def test_json_explode_makes_one_token_per_element(tmp_path: Path) -> None:
     assert_sinks_match_outcomes(db, run_id, {"out": len(expected), "bad": 1})
 
 
-def test_expanded_tokens_feed_an_aggregation(tmp_path: Path) -> None:
+def test_expanded_tokens_feed_an_aggregation(tmp_path: Path, landscape_url: str) -> None:
     source, records = _orders(tmp_path, 25)
     agg = {
         "name": "per5",
@@ -83,12 +86,19 @@ def test_expanded_tokens_feed_an_aggregation(tmp_path: Path) -> None:
         "options": {"value_field": "amount"},
     }
     sinks = {"out": csv_sink(tmp_path, "out"), "bad": jsonl_sink(tmp_path, "bad")}
-    data = pipeline(tmp_path, source, row_plugins=[EXPLODE], aggregations=[agg], sinks=sinks)
+    data = pipeline(
+        tmp_path,
+        source,
+        landscape=landscape_url,
+        row_plugins=[EXPLODE],
+        aggregations=[agg],
+        sinks=sinks,
+    )
     assert run_pipeline(tmp_path, data).code == 0
     children = [r["amount"] for r in records[:-1] for _ in r["items"]]
     sizes = [int(r["batch_size"]) for r in read_csv(tmp_path / "out" / "out.csv")]
     assert sizes == [len(children[i : i + 5]) for i in range(0, len(children), 5)]
-    assert_every_token_terminal_once(tmp_path / "audit.db", only_run(tmp_path))
+    assert_every_token_terminal_once(landscape_url, only_run(landscape_url))
 
 
 def _keyword_rows(source: Path) -> tuple[list[dict], list[dict]]:
@@ -108,16 +118,23 @@ def _filter(on_error: str | None) -> dict:
     return plugin
 
 
-def test_keyword_filter_routes_matches_to_on_error(tmp_path: Path) -> None:
+def test_keyword_filter_routes_matches_to_on_error(tmp_path: Path, landscape_url: str) -> None:
     source = make_csv(tmp_path / "in.csv", 80)
     sinks = {"out": csv_sink(tmp_path, "out"), "flagged": csv_sink(tmp_path, "flagged")}
-    data = pipeline(tmp_path, source, fields=[], row_plugins=[_filter("flagged")], sinks=sinks)
+    data = pipeline(
+        tmp_path,
+        source,
+        landscape=landscape_url,
+        fields=[],
+        row_plugins=[_filter("flagged")],
+        sinks=sinks,
+    )
     assert run_pipeline(tmp_path, data).code == 0
     matched, clean = _keyword_rows(source)
     assert matched and clean
     assert read_csv(tmp_path / "out" / "flagged.csv") == matched
     assert read_csv(tmp_path / "out" / "out.csv") == clean
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert outcome_counts(db, run_id) == {"routed": len(matched), "completed": len(clean)}
     reasons = query(db, f"SELECT error_json FROM transform_errors WHERE run_id = '{run_id}'")
     assert len(reasons) == len(matched)
@@ -128,13 +145,15 @@ def test_keyword_filter_routes_matches_to_on_error(tmp_path: Path) -> None:
     ("on_error", "outcome", "exit_code"), [("discard", "quarantined", 0), (None, "failed", 2)]
 )
 def test_keyword_filter_without_a_sink_discards_or_fails_rows(
-    tmp_path: Path, on_error: str | None, outcome: str, exit_code: int
+    tmp_path: Path, landscape_url: str, on_error: str | None, outcome: str, exit_code: int
 ) -> None:
     source = make_csv(tmp_path / "in.csv", 60)
-    data = pipeline(tmp_path, source, fields=[], row_plugins=[_filter(on_error)])
+    data = pipeline(
+        tmp_path, source, landscape=landscape_url, fields=[], row_plugins=[_filter(on_error)]
+    )
     assert run_pipeline(tmp_path, data).code == exit_code
     matched, clean = _keyword_rows(source)
     assert read_csv(tmp_path / "out" / "out.csv") == clean
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     assert outcome_counts(db, run_id) == {outcome: len(matched), "completed": len(clean)}
     assert_every_token_terminal_once(db, run_id)

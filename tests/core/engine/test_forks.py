@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import query
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import (
     assert_every_token_terminal_once,
     csv_sink,
@@ -41,19 +42,24 @@ def _join(branches: list[str], **options: object) -> dict:
 
 
 def _run(
-    tmp_path: Path, gates: list[dict], coalesce: list[dict], sinks: dict | None = None
-) -> tuple[Path, str, list[dict[str, str]]]:
+    tmp_path: Path,
+    landscape: str,
+    gates: list[dict],
+    coalesce: list[dict],
+    sinks: dict | None = None,
+) -> tuple[str, str, list[dict[str, str]]]:
     source = make_csv(tmp_path / "in.csv", ROWS)
     data = pipeline(
         tmp_path,
         source,
+        landscape=landscape,
         gates=gates,
         coalesce=coalesce,
         sinks=sinks or {"out": jsonl_sink(tmp_path, "out")},
     )
     result = run_pipeline(tmp_path, data)
     assert result.code == 0, result.stderr
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape, only_run(landscape)
     assert_every_token_terminal_once(db, run_id)
     return db, run_id, read_csv(source)
 
@@ -68,7 +74,7 @@ def _typed(row: dict[str, str]) -> dict:
     }
 
 
-def _merged_parents(db: Path, run_id: str) -> list[list[str]]:
+def _merged_parents(db: str, run_id: str) -> list[list[str]]:
     """For each merged token (in creation order): its parents' branches, by parent ordinal."""
     found = query(
         db,
@@ -84,8 +90,10 @@ def _merged_parents(db: Path, run_id: str) -> list[list[str]]:
     return list(merged.values())
 
 
-def test_require_all_union_merges_every_forked_row_once(tmp_path: Path) -> None:
-    db, run_id, source = _run(tmp_path, [_fork_gate(["a", "b"])], [_join(["a", "b"])])
+def test_require_all_union_merges_every_forked_row_once(tmp_path: Path, landscape_url: str) -> None:
+    db, run_id, source = _run(
+        tmp_path, landscape_url, [_fork_gate(["a", "b"])], [_join(["a", "b"])]
+    )
     big = [r for r in source if float(r["amount"]) >= 500]
     rows = read_jsonl(tmp_path / "out" / "out.jsonl")
     # Unforked rows go straight on; merged rows (identical branch copies) follow source order.
@@ -103,9 +111,12 @@ def test_require_all_union_merges_every_forked_row_once(tmp_path: Path) -> None:
     ) == [(len(big),)]
 
 
-def test_nested_merge_keys_rows_by_branch(tmp_path: Path) -> None:
+def test_nested_merge_keys_rows_by_branch(tmp_path: Path, landscape_url: str) -> None:
     _db, _run_id, source = _run(
-        tmp_path, [_fork_gate(["left", "right"])], [_join(["left", "right"], merge="nested")]
+        tmp_path,
+        landscape_url,
+        [_fork_gate(["left", "right"])],
+        [_join(["left", "right"], merge="nested")],
     )
     rows = read_jsonl(tmp_path / "out" / "out.jsonl")
     expected = [
@@ -115,9 +126,12 @@ def test_nested_merge_keys_rows_by_branch(tmp_path: Path) -> None:
     assert rows == expected
 
 
-def test_select_merge_keeps_the_selected_branch(tmp_path: Path) -> None:
+def test_select_merge_keeps_the_selected_branch(tmp_path: Path, landscape_url: str) -> None:
     db, run_id, source = _run(
-        tmp_path, [_fork_gate(["a", "b"])], [_join(["a", "b"], merge="select", select_branch="b")]
+        tmp_path,
+        landscape_url,
+        [_fork_gate(["a", "b"])],
+        [_join(["a", "b"], merge="select", select_branch="b")],
     )
     assert read_jsonl(tmp_path / "out" / "out.jsonl") == [_typed(r) for r in source]
     assert _merged_parents(db, run_id)[0] == ["a", "b"]
@@ -133,10 +147,10 @@ def test_select_merge_keeps_the_selected_branch(tmp_path: Path) -> None:
     ],
 )
 def test_policies_decide_which_branches_merge_and_late_ones_never_merge_twice(
-    tmp_path: Path, options: dict, merged_from: list[str], late: int
+    tmp_path: Path, landscape_url: str, options: dict, merged_from: list[str], late: int
 ) -> None:
     db, run_id, source = _run(
-        tmp_path, [_fork_gate(["a", "b", "c"])], [_join(["a", "b", "c"], **options)]
+        tmp_path, landscape_url, [_fork_gate(["a", "b", "c"])], [_join(["a", "b", "c"], **options)]
     )
     big = sum(1 for r in source if float(r["amount"]) >= 500)
     assert _merged_parents(db, run_id) == [merged_from] * big
@@ -149,10 +163,12 @@ def test_policies_decide_which_branches_merge_and_late_ones_never_merge_twice(
     assert len(read_jsonl(tmp_path / "out" / "out.jsonl")) == ROWS
 
 
-def test_a_branch_without_a_coalesce_goes_to_the_sink_of_its_name(tmp_path: Path) -> None:
+def test_a_branch_without_a_coalesce_goes_to_the_sink_of_its_name(
+    tmp_path: Path, landscape_url: str
+) -> None:
     sinks = {"out": csv_sink(tmp_path, "out"), "audit": csv_sink(tmp_path, "audit")}
     db, run_id, source = _run(
-        tmp_path, [_fork_gate(["a", "b", "audit"])], [_join(["a", "b"])], sinks
+        tmp_path, landscape_url, [_fork_gate(["a", "b", "audit"])], [_join(["a", "b"])], sinks
     )
     big = [r for r in source if float(r["amount"]) >= 500]
     assert [_typed(r) for r in read_csv(tmp_path / "out" / "audit.csv")] == [_typed(r) for r in big]
@@ -166,7 +182,7 @@ def test_a_branch_without_a_coalesce_goes_to_the_sink_of_its_name(tmp_path: Path
     ) == [("routed", len(big))]
 
 
-def _split_join_pipeline(work: Path, source: Path) -> dict:
+def _split_join_pipeline(work: Path, source: Path, landscape: str) -> dict:
     """Even rows fork to 'a' (waits at the coalesce) and 'side'; no row ever reaches 'b', so every
     join stays pending until the end of the source, where best_effort merges 'a' alone."""
     gates = [
@@ -185,25 +201,36 @@ def _split_join_pipeline(work: Path, source: Path) -> dict:
     ]
     coalesce = [_join(["a", "b"], policy="best_effort", timeout_seconds=60)]
     sinks = {"out": csv_sink(work, "out"), "side": jsonl_sink(work, "side")}
-    return pipeline(work, source, gates=gates, coalesce=coalesce, sinks=sinks, interval=50)
+    return pipeline(
+        work,
+        source,
+        landscape=landscape,
+        gates=gates,
+        coalesce=coalesce,
+        sinks=sinks,
+        interval=50,
+    )
 
 
-def test_pending_joins_survive_a_crash_and_are_not_re_driven(tmp_path: Path) -> None:
+def test_pending_joins_survive_a_crash_and_are_not_re_driven(
+    tmp_path: Path, landscapes: Landscapes, request: pytest.FixtureRequest
+) -> None:
     source = make_csv(tmp_path / "in.csv", 600)
     reference = tmp_path / "reference"
     reference.mkdir()
-    assert run_pipeline(reference, _split_join_pipeline(reference, source)).code == 0
-    ref_run = only_run(reference)
-    ref_tokens = query(reference / "audit.db", "SELECT count(*) FROM tokens")
+    ref_db = landscapes.new(reference, request=request)
+    assert run_pipeline(reference, _split_join_pipeline(reference, source, ref_db)).code == 0
+    ref_run = only_run(ref_db)
+    ref_tokens = query(ref_db, "SELECT count(*) FROM tokens")
 
     work = tmp_path / "crashed"
     work.mkdir()
+    db = landscapes.new(work, request=request)
     crashed = run_pipeline(
-        work, _split_join_pipeline(work, source), env={"ELSPETH_FAULT_INJECT": "after_commit:6"}
+        work, _split_join_pipeline(work, source, db), env={"ELSPETH_FAULT_INJECT": "after_commit:6"}
     )
     assert crashed.code == -signal.SIGKILL
-    run_id = only_run(work)
-    db = work / "audit.db"
+    run_id = only_run(db)
     (state,) = query(
         db, f"SELECT aggregation_state_json FROM checkpoints WHERE run_id = '{run_id}'"
     )
@@ -212,12 +239,12 @@ def test_pending_joins_survive_a_crash_and_are_not_re_driven(tmp_path: Path) -> 
         db,
         f"""SELECT count(*) FROM tokens t WHERE t.run_id = '{run_id}'
                          AND t.branch_name = 'a' AND NOT EXISTS (SELECT 1 FROM token_outcomes o
-                         WHERE o.token_id = t.token_id AND o.is_terminal = 1)""",
+                         WHERE o.token_id = t.token_id AND o.is_terminal)""",
     )[0][0]
     assert held > 0
-    assert resume(work, run_id).code == 0
+    assert resume(work, run_id, landscape=db).code == 0
 
     assert outputs(work) == outputs(reference)
     assert query(db, "SELECT count(*) FROM tokens") == ref_tokens
     assert_every_token_terminal_once(db, run_id)
-    assert outcome_counts(db, run_id) == outcome_counts(reference / "audit.db", ref_run)
+    assert outcome_counts(db, run_id) == outcome_counts(ref_db, ref_run)

@@ -61,7 +61,7 @@ class Flaky:
 ROWS = 60
 
 
-def _states(db: Path, run_id: str) -> dict[int, list[tuple[int, str, dict | None]]]:
+def _states(db: Path | str, run_id: str) -> dict[int, list[tuple[int, str, dict | None]]]:
     """Row id -> the flaky node's states (attempt, status, error) in attempt order."""
     found = query(
         db,
@@ -77,13 +77,16 @@ def _states(db: Path, run_id: str) -> dict[int, list[tuple[int, str, dict | None
     return states
 
 
-def test_transient_errors_are_retried_and_every_attempt_is_recorded(tmp_path: Path) -> None:
+def test_transient_errors_are_retried_and_every_attempt_is_recorded(
+    tmp_path: Path, landscape_url: str
+) -> None:
     site = plugin_site(tmp_path, "flaky_plugin", FLAKY, {"flaky": "Flaky"})
     source = make_csv(tmp_path / "in.csv", ROWS)
     sinks = {"out": csv_sink(tmp_path, "out"), "failed": csv_sink(tmp_path, "failed")}
     data = pipeline(
         tmp_path,
         source,
+        landscape=landscape_url,
         sinks=sinks,
         row_plugins=[{"plugin": "flaky", "options": {"fail_times": 2}, "on_error": "failed"}],
         retry={
@@ -95,7 +98,7 @@ def test_transient_errors_are_retried_and_every_attempt_is_recorded(tmp_path: Pa
     )
     result = run_pipeline(tmp_path, data, env=python_path(site))
     assert result.code == 0, result.stderr
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     states = _states(db, run_id)
     assert sorted(states) == list(range(ROWS))
     for key, recorded in states.items():
@@ -145,17 +148,18 @@ def test_transient_errors_are_retried_and_every_attempt_is_recorded(tmp_path: Pa
     assert_every_token_terminal_once(db, run_id)
 
 
-def test_one_attempt_means_no_retry(tmp_path: Path) -> None:
+def test_one_attempt_means_no_retry(tmp_path: Path, landscape_url: str) -> None:
     site = plugin_site(tmp_path, "flaky_plugin", FLAKY, {"flaky": "Flaky"})
     source = make_csv(tmp_path / "in.csv", 20)
     data = pipeline(
         tmp_path,
         source,
+        landscape=landscape_url,
         row_plugins=[{"plugin": "flaky", "on_error": "discard"}],
         retry={"max_attempts": 1, "initial_delay_seconds": 0},
     )
     assert run_pipeline(tmp_path, data, env=python_path(site)).code == 0
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    db, run_id = landscape_url, only_run(landscape_url)
     states = _states(db, run_id)
     assert all(len(recorded) == 1 for recorded in states.values())
     discarded = [k for k in range(20) if k % 25 == 0 or k % 10 in (3, 7, 9)]
