@@ -1,6 +1,6 @@
 """Speed-up of partitioned execution on Dask: 2 workers against 1, on a CPU-heavy transform.
 
-    python -m benchmarks.dask_speedup [--rows N] [--rounds R]
+    python -m benchmarks.dask_speedup [--rows N] [--rounds R] [--repeat K]
 
 Runs the same pipeline (CSV -> field_mapper -> pseudonymize(R PBKDF2 rounds) -> gate -> sinks) three
 ways in one session: the CLI (single process), the partitioned flow on a local Dask cluster of 1
@@ -13,6 +13,10 @@ cluster (worker processes importing Prefect and the engine), so three figures ar
 run: the whole flow call, the cluster start (workers up and warmed), and the partitioned phase
 (first partition submitted to the run finalized), on which the speed-up target is judged; the
 whole-call ratio is reported next to it.
+
+The machine is noisy (2 cores shared with whatever else runs), so the flow runs are repeated
+``--repeat`` times (default 2), alternating 1 and 2 workers; every sample is recorded and the
+ratios use each mode's fastest sample (best of K), the usual way to take noise out of a timing.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rows", type=int, default=5_000)
     parser.add_argument("--rounds", type=int, default=20_000)
+    parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument(
         "--output", type=Path, default=ROOT / "benchmarks" / "results" / "dask_speedup.json"
     )
@@ -83,13 +88,15 @@ def main() -> None:
     source = WORK / "in.csv"
     generate(str(source), args.rows, seed=1)
     load_start = os.getloadavg()[0]
-    timings: dict[str, float] = {}
-    phases: dict[str, float] = {}
-    cluster: dict[str, float] = {}
-    outputs = {}
+    timings: dict[str, list[float]] = {}
+    phases: dict[str, list[float]] = {}
+    cluster: dict[str, list[float]] = {}
+    outputs: dict[str, dict[str, bytes]] = {}
+    identical = True
     with PrefectServer() as server:
         api_env = {"PREFECT_API_URL": server.api_url}
-        for mode in ("cli", "dask-1", "dask-2"):
+        runs = ["cli"] + ["dask-1", "dask-2"] * max(1, args.repeat)
+        for mode in runs:
             work = WORK / mode
             subprocess.run(["rm", "-rf", str(work)], check=True)
             work.mkdir(parents=True)
@@ -112,26 +119,35 @@ def main() -> None:
                     check=True,
                     capture_output=True,
                 )
-                timings[mode] = time.perf_counter() - started
+                timings.setdefault(mode, []).append(time.perf_counter() - started)
             else:
                 found = _flow(work, settings, int(mode.split("-")[1]), api_env)
-                timings[mode] = found["seconds"]
-                phases[mode] = found["partitioned_seconds"]
-                cluster[mode] = found["cluster_start_seconds"]
-            print(f"{timings[mode]:.1f} s", flush=True)
-            outputs[mode] = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
+                timings.setdefault(mode, []).append(found["seconds"])
+                phases.setdefault(mode, []).append(found["partitioned_seconds"])
+                cluster.setdefault(mode, []).append(found["cluster_start_seconds"])
+            print(f"{timings[mode][-1]:.1f} s", flush=True)
+            produced = {p.name: p.read_bytes() for p in sorted((work / "out").iterdir())}
+            identical = identical and produced == outputs.setdefault("reference", produced)
         server_start = server.startup_seconds
-    identical = outputs["cli"] == outputs["dask-1"] == outputs["dask-2"]
+    best = {k: min(v) for k, v in timings.items()}
+    best_phase = {k: min(v) for k, v in phases.items()}
     result = {
         "rows": args.rows,
         "pbkdf2_rounds": args.rounds,
-        "seconds": {k: round(v, 2) for k, v in timings.items()},
-        "partitioned_phase_seconds": {k: round(v, 2) for k, v in phases.items()},
-        "cluster_start_seconds": {k: round(v, 2) for k, v in cluster.items()},
+        "repeat": max(1, args.repeat),
+        "seconds": {k: round(v, 2) for k, v in best.items()},
+        "partitioned_phase_seconds": {k: round(v, 2) for k, v in best_phase.items()},
+        "samples": {
+            "seconds": {k: [round(x, 2) for x in v] for k, v in timings.items()},
+            "partitioned_phase_seconds": {k: [round(x, 2) for x in v] for k, v in phases.items()},
+            "cluster_start_seconds": {k: [round(x, 2) for x in v] for k, v in cluster.items()},
+        },
         "prefect_server_startup_seconds": round(server_start, 1),
-        "speedup_2_over_1_workers": round(timings["dask-1"] / timings["dask-2"], 2),
-        "speedup_2_over_1_workers_partitioned_phase": round(phases["dask-1"] / phases["dask-2"], 2),
-        "dask_2_over_cli": round(timings["cli"] / timings["dask-2"], 2),
+        "speedup_2_over_1_workers": round(best["dask-1"] / best["dask-2"], 2),
+        "speedup_2_over_1_workers_partitioned_phase": round(
+            best_phase["dask-1"] / best_phase["dask-2"], 2
+        ),
+        "dask_2_over_cli": round(best["cli"] / best["dask-2"], 2),
         "target": ">= 1.6x for 2 workers over 1",
         "outputs_identical": identical,
         "machine": {
@@ -146,7 +162,7 @@ def main() -> None:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     if not identical:
-        raise SystemExit("outputs differ between the CLI and the Dask runs")
+        raise SystemExit("outputs differ between the CLI and a Dask run")
 
 
 if __name__ == "__main__":

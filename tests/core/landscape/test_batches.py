@@ -1,4 +1,4 @@
-"""The batch life cycle in the landscape (plan API) on a real SQLite landscape.
+"""The batch life cycle in the landscape (plan API), on a real landscape of each backend.
 
 ``get_incomplete_batches`` is recovery's work list (draft, executing and failed batches, oldest
 first); ``retry_batch`` turns a failed batch into attempt + 1 with the same members in the same
@@ -8,7 +8,6 @@ order, and refuses anything else.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -23,13 +22,13 @@ NODE = "aggregation-window-0123456789ab"
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    return tmp_path / "audit.db"
+def db_path(landscape_url: str) -> str:
+    return landscape_url
 
 
 @pytest.fixture
-def recorder(db_path: Path) -> Iterator[LandscapeRecorder]:
-    db = LandscapeDB(f"sqlite:///{db_path}")
+def recorder(db_path: str) -> Iterator[LandscapeRecorder]:
+    db = LandscapeDB(db_path)
     yield LandscapeRecorder(db)
     db.close()
 
@@ -141,7 +140,7 @@ def test_a_run_with_only_completed_batches_has_no_incomplete_ones(
 
 
 def test_retry_batch_makes_attempt_plus_one_with_the_same_members_in_order(
-    recorder: LandscapeRecorder, db_path: Path
+    recorder: LandscapeRecorder, db_path: str
 ) -> None:
     failed = recorder.create_batch(RUN, NODE, "window")
     # Ordinals deliberately not in token-ID order: the copy must follow the ordinals.
@@ -185,7 +184,7 @@ def test_a_failed_retry_is_retried_again_as_attempt_three(recorder: LandscapeRec
     ]
 
 
-def test_retry_batch_refuses_a_missing_batch(recorder: LandscapeRecorder, db_path: Path) -> None:
+def test_retry_batch_refuses_a_missing_batch(recorder: LandscapeRecorder, db_path: str) -> None:
     _batch(recorder, "failed")
     with pytest.raises(LandscapeError, match="batch not found: 0000-missing") as raised:
         recorder.retry_batch("0000-missing")
@@ -195,7 +194,7 @@ def test_retry_batch_refuses_a_missing_batch(recorder: LandscapeRecorder, db_pat
 
 @pytest.mark.parametrize("status", ["draft", "executing", "completed"])
 def test_retry_batch_refuses_a_batch_that_is_not_failed(
-    recorder: LandscapeRecorder, db_path: Path, status: str
+    recorder: LandscapeRecorder, db_path: str, status: str
 ) -> None:
     batch_id = _batch(recorder, status)
     with pytest.raises(LandscapeError, match=f"is {status}, only a failed batch can be retried"):
