@@ -1,4 +1,6 @@
-"""Every resume refusal of SPEC §4–§5, through the real ``elspeth`` CLI in a subprocess.
+"""Every resume refusal of SPEC §4–§5, through the real ``elspeth`` CLI in a subprocess, on both
+landscape backends (the tests that freeze a live SQLite writer or need a missing SQLite file are
+SQLite-only; a resume racing a live run on PostgreSQL is in tests/recovery).
 
 Each refusal must exit 3, print the runbook's exact phrase as ONE ``Error:`` line followed by ONE
 ``Hint:`` line on stderr (no traceback), and write nothing: the sink files' bytes, every other file
@@ -35,8 +37,10 @@ from tests.support.cli import (
     run_cli,
     run_ids,
     sink_files,
+    url_execute,
     write_settings,
 )
+from tests.support.landscape_fixtures import Landscapes
 
 ROWS = 2_000
 READ_AT_CRASH = 400
@@ -80,38 +84,45 @@ def _make_input(work: Path, rows: int = ROWS) -> Path:
     return path
 
 
-def _crash_run(work: Path, rows: int = ROWS, **overrides: Any) -> tuple[Path, str]:
-    """A gate + sinks run over ``rows`` generated rows, SIGKILLed after its fifth commit."""
+def _crash_run(
+    work: Path, rows: int = ROWS, *, landscape: str | None = None, **overrides: Any
+) -> tuple[Path, str]:
+    """A gate + sinks run over ``rows`` generated rows, SIGKILLed after its fifth commit; its
+    landscape is ``landscape`` (default: ``work/audit.db``)."""
     work.mkdir(parents=True, exist_ok=True)
+    if landscape is not None:
+        overrides["landscape"] = {"url": landscape}
     data = gate_pipeline(work, _make_input(work, rows), **overrides)
     settings = write_settings(work / "settings.yaml", data)
     result = run_cli(
         "run", "-s", str(settings), "-x", cwd=work, env={"ELSPETH_FAULT_INJECT": CRASH}
     )
     assert result.code == -signal.SIGKILL, (result.code, result.stderr)
-    (run_id,) = run_ids(work / "audit.db")
+    (run_id,) = run_ids(landscape or work / "audit.db")
     return settings, run_id
 
 
-def _snapshot(work: Path, db: Path) -> dict[str, Any]:
-    """What a refused command must not change: files, table row counts, runs' status and lease."""
-    with closing(sqlite3.connect(db)) as conn:
-        counts = {
-            t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in LANDSCAPE_TABLES
-        }
-        runs = conn.execute(f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id").fetchall()
-        attempts = conn.execute(
-            "SELECT run_id, attempt, status, lease_owner, ended_at FROM run_attempts "
-            "ORDER BY run_id, attempt"
-        ).fetchall()
-        checkpoints = conn.execute(
-            "SELECT checkpoint_id, sequence_number, row_id FROM checkpoints ORDER BY checkpoint_id"
-        ).fetchall()
+def _snapshot(work: Path, db: Path | str) -> dict[str, Any]:
+    """What a refused command must not change: files, table row counts, runs' status and lease.
+
+    ``db``: a SQLite file, or the landscape's URL (either backend).
+    """
+    counts = {t: query(db, f"SELECT count(*) FROM {t}")[0][0] for t in LANDSCAPE_TABLES}
+    runs = query(db, f"SELECT {RUN_COLUMNS} FROM runs ORDER BY run_id")
+    attempts = query(
+        db,
+        "SELECT run_id, attempt, status, lease_owner, ended_at FROM run_attempts "
+        "ORDER BY run_id, attempt",
+    )
+    checkpoints = query(
+        db, "SELECT checkpoint_id, sequence_number, row_id FROM checkpoints ORDER BY checkpoint_id"
+    )
+    db_file = _sqlite_file(db)
     other_files = {
         str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(work.rglob("*"))
         # The SQLite file itself may be checkpointed by any reader; its content is compared above.
-        if p.is_file() and not p.name.startswith(db.name)
+        if p.is_file() and not (db_file and p.name.startswith(db_file))
     }
     return {
         "sinks": sink_files(work),
@@ -121,6 +132,13 @@ def _snapshot(work: Path, db: Path) -> dict[str, Any]:
         "attempts": attempts,
         "checkpoints": checkpoints,
     }
+
+
+def _sqlite_file(db: Path | str) -> str | None:
+    """The name of a SQLite landscape's file (None for PostgreSQL)."""
+    if isinstance(db, Path):
+        return db.name
+    return Path(db.removeprefix("sqlite:///")).name if db.startswith("sqlite:") else None
 
 
 def _assert_unchanged(before: dict[str, Any], after: dict[str, Any]) -> None:
@@ -144,77 +162,79 @@ def _assert_refused(result: Result, phrase: str) -> tuple[str, str]:
     return reason, hint
 
 
-def _assert_matches_reference(work: Path, run_id: str, reference: dict[str, bytes]) -> None:
+def _assert_matches_reference(
+    work: Path, run_id: str, reference: dict[str, bytes], db: str
+) -> None:
     files = sink_files(work)
     assert files.keys() == reference.keys()
     for name, content in reference.items():
         assert files[name] == content, f"{name} differs from the crash-free run"
-    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
-
-
-def _sqlite_copy(source: Path, target: Path) -> None:
-    """A consistent copy of a live SQLite landscape (WAL included) via the backup API."""
-    with closing(sqlite3.connect(source)) as src, closing(sqlite3.connect(target)) as dst:
-        src.backup(dst)
+    assert_landscape_invariants(db, run_id, ROWS)
 
 
 # --------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def completed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, dict[str, bytes]]:
-    """A crash-free run over the same input: the reference outputs and a completed run."""
+def completed(
+    tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes
+) -> tuple[Path, str, dict[str, bytes], str]:
+    """A crash-free run over the same input: the reference outputs and a completed run (work
+    dir, run ID, sink files, landscape URL)."""
     work = tmp_path_factory.mktemp("completed")
-    settings = write_settings(work / "settings.yaml", gate_pipeline(work, _make_input(work)))
+    db = landscapes.new(work)
+    data = gate_pipeline(work, _make_input(work), landscape={"url": db})
+    settings = write_settings(work / "settings.yaml", data)
     result = run_cli("run", "-s", str(settings), "-x", cwd=work)
     assert result.code == 0, result.stderr
-    (run_id,) = run_ids(work / "audit.db")
+    (run_id,) = run_ids(db)
     files = sink_files(work)
     assert set(files) == {"normal.csv", "high.csv", "flagged.jsonl", "quarantine.jsonl"}
-    return work, run_id, files
+    return work, run_id, files, db
 
 
 @pytest.fixture(scope="module")
-def crashed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    """One crashed run shared by the tests that must not change it (they check that too)."""
+def crashed(
+    tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes
+) -> tuple[Path, Path, str, str]:
+    """One crashed run shared by the tests that must not change it (they check that too): work
+    dir, settings, run ID, landscape URL."""
     work = tmp_path_factory.mktemp("crashed")
-    settings, run_id = _crash_run(work)
-    assert query(work / "audit.db", "SELECT count(*) FROM rows")[0][0] == READ_AT_CRASH
-    return work, settings, run_id
+    db = landscapes.new(work)
+    settings, run_id = _crash_run(work, landscape=db)
+    assert query(db, "SELECT count(*) FROM rows")[0][0] == READ_AT_CRASH
+    return work, settings, run_id, db
 
 
 # ------------------------------------------------------------------------------------------ tests
-def test_run_not_found(crashed: tuple[Path, Path, str]) -> None:
-    work, _settings, _run_id = crashed
-    db = work / "audit.db"
+def test_run_not_found(crashed: tuple[Path, Path, str, str]) -> None:
+    work, _settings, _run_id, db = crashed
     before = _snapshot(work, db)
-    result = run_cli("resume", "01NOSUCHRUN0000000000000000", "-d", _url(db), "-x", cwd=work)
+    result = run_cli("resume", "01NOSUCHRUN0000000000000000", "-d", db, "-x", cwd=work)
     reason, hint = _assert_refused(result, "Run not found")
     assert "01NOSUCHRUN0000000000000000" in reason
     assert "elspeth runs list" in hint
     _assert_unchanged(before, _snapshot(work, db))
 
 
-def test_run_already_completed(completed: tuple[Path, str, dict[str, bytes]]) -> None:
-    work, run_id, _files = completed
-    db = work / "audit.db"
+def test_run_already_completed(completed: tuple[Path, str, dict[str, bytes], str]) -> None:
+    work, run_id, _files, db = completed
     before = _snapshot(work, db)
-    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=work)
+    result = run_cli("resume", run_id, "-d", db, "-x", cwd=work)
     reason, _hint = _assert_refused(result, "Run already completed")
     assert run_id in reason
     _assert_unchanged(before, _snapshot(work, db))
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(crashed: tuple[Path, Path, str]) -> None:
-    work, _settings, run_id = crashed
-    db = work / "audit.db"
+def test_dry_run_prints_the_plan_and_writes_nothing(crashed: tuple[Path, Path, str, str]) -> None:
+    work, _settings, run_id, db = crashed
     before = _snapshot(work, db)
-    text = run_cli("resume", run_id, "-d", _url(db), cwd=work)
+    text = run_cli("resume", run_id, "-d", db, cwd=work)
     assert text.code == 0, text.stderr
     assert "Traceback" not in text.stderr
     assert f"Run {run_id}" in text.stdout
     assert "can be resumed" in text.stdout
     assert f"rows recorded        {READ_AT_CRASH}" in text.stdout
     assert f"elspeth resume {run_id} --execute" in text.stdout
-    as_json = run_cli("resume", run_id, "-d", _url(db), "--json", cwd=work)
+    as_json = run_cli("resume", run_id, "-d", db, "--json", cwd=work)
     assert as_json.code == 0, as_json.stderr
     plan = json.loads(as_json.stdout)["resume_plan"]
     assert plan["run_id"] == run_id
@@ -225,40 +245,37 @@ def test_dry_run_prints_the_plan_and_writes_nothing(crashed: tuple[Path, Path, s
     _assert_unchanged(before, _snapshot(work, db))
 
 
-def test_no_checkpoint_available(crashed: tuple[Path, Path, str], tmp_path: Path) -> None:
-    """A crashed run whose landscape holds no checkpoint (here: removed from a copy)."""
-    work, _settings, run_id = crashed
-    db = tmp_path / "audit.db"
-    _sqlite_copy(work / "audit.db", db)
-    with closing(sqlite3.connect(db)) as conn, conn:
-        conn.execute("DELETE FROM checkpoints WHERE run_id = ?", (run_id,))
-    before_crashed = _snapshot(work, work / "audit.db")
-    before = _snapshot(tmp_path, db)
-    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+def test_no_checkpoint_available(tmp_path: Path, landscape_url: str) -> None:
+    """A crashed run whose landscape holds no checkpoint (here: removed after the crash)."""
+    _settings, run_id = _crash_run(tmp_path, landscape=landscape_url)
+    url_execute(landscape_url, "DELETE FROM checkpoints WHERE run_id = :r", r=run_id)
+    before = _snapshot(tmp_path, landscape_url)
+    result = run_cli("resume", run_id, "-d", landscape_url, "-x", cwd=tmp_path)
     _reason, hint = _assert_refused(result, "No checkpoint available")
     assert "new run" in hint
-    _assert_unchanged(before, _snapshot(tmp_path, db))
-    _assert_unchanged(before_crashed, _snapshot(work, work / "audit.db"))
+    _assert_unchanged(before, _snapshot(tmp_path, landscape_url))
 
 
-def test_no_checkpoint_available_when_checkpointing_disabled(tmp_path: Path) -> None:
+def test_no_checkpoint_available_when_checkpointing_disabled(
+    tmp_path: Path, landscape_url: str
+) -> None:
     """``checkpoint.enabled: false`` records no checkpoint at all, so resume is refused."""
-    _settings, run_id = _crash_run(tmp_path, checkpoint={"enabled": False})
-    db = tmp_path / "audit.db"
+    db = landscape_url
+    _settings, run_id = _crash_run(tmp_path, landscape=db, checkpoint={"enabled": False})
     assert query(db, "SELECT count(*) FROM checkpoints") == [(0,)]
     before = _snapshot(tmp_path, db)
-    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    result = run_cli("resume", run_id, "-d", db, "-x", cwd=tmp_path)
     _reason, hint = _assert_refused(result, "No checkpoint available")
     assert "new run" in hint
     _assert_unchanged(before, _snapshot(tmp_path, db))
 
 
 def test_configuration_mismatch_names_the_difference_and_stays_resumable(
-    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
+    tmp_path: Path, landscape_url: str, completed: tuple[Path, str, dict[str, bytes], str]
 ) -> None:
-    _settings, run_id = _crash_run(tmp_path)
-    db = tmp_path / "audit.db"
-    other = gate_pipeline(tmp_path, tmp_path / "in.csv")
+    db = landscape_url
+    _settings, run_id = _crash_run(tmp_path, landscape=db)
+    other = gate_pipeline(tmp_path, tmp_path / "in.csv", landscape={"url": db})
     other["row_plugins"][0]["options"]["mapping"] = {"status": "state", "note": "remark"}
     other_path = write_settings(tmp_path / "other.yaml", other)
     before = _snapshot(tmp_path, db)
@@ -268,10 +285,10 @@ def test_configuration_mismatch_names_the_difference_and_stays_resumable(
     assert "row_plugins[0].options.mapping.note" in reason, reason
     assert "--force-new" in hint
     _assert_unchanged(before, _snapshot(tmp_path, db))
-    resumed = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    resumed = run_cli("resume", run_id, "-d", db, "-x", cwd=tmp_path)
     assert resumed.code == 0, resumed.stderr
     assert run_ids(db) == [run_id]
-    _assert_matches_reference(tmp_path, run_id, completed[2])
+    _assert_matches_reference(tmp_path, run_id, completed[2], db)
 
 
 def _rewrite_row(csv_path: Path, index: int) -> None:
@@ -283,15 +300,15 @@ def _rewrite_row(csv_path: Path, index: int) -> None:
 
 
 def test_source_changed_when_a_read_row_differs(
-    tmp_path: Path, completed: tuple[Path, str, dict[str, bytes]]
+    tmp_path: Path, landscape_url: str, completed: tuple[Path, str, dict[str, bytes], str]
 ) -> None:
-    settings, run_id = _crash_run(tmp_path)
-    db = tmp_path / "audit.db"
+    db = landscape_url
+    settings, run_id = _crash_run(tmp_path, landscape=db)
     source = tmp_path / "in.csv"
     original = source.read_bytes()
     _rewrite_row(source, 9)
     before = _snapshot(tmp_path, db)
-    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    result = run_cli("resume", run_id, "-d", db, "-x", cwd=tmp_path)
     reason, hint = _assert_refused(result, "Source changed")
     assert "row 9 " in reason, reason
     assert "--force-new" in hint
@@ -300,23 +317,27 @@ def test_source_changed_when_a_read_row_differs(
     source.write_bytes(original)
     resumed = run_cli("resume", run_id, "-s", str(settings), "-x", cwd=tmp_path)
     assert resumed.code == 0, resumed.stderr
-    _assert_matches_reference(tmp_path, run_id, completed[2])
+    _assert_matches_reference(tmp_path, run_id, completed[2], db)
 
 
-def test_source_changed_when_the_source_is_shorter_than_what_was_read(tmp_path: Path) -> None:
-    _settings, run_id = _crash_run(tmp_path)
-    db = tmp_path / "audit.db"
+def test_source_changed_when_the_source_is_shorter_than_what_was_read(
+    tmp_path: Path, landscape_url: str
+) -> None:
+    db = landscape_url
+    _settings, run_id = _crash_run(tmp_path, landscape=db)
     source = tmp_path / "in.csv"
     lines = source.read_bytes().split(b"\n")
     source.write_bytes(b"\n".join(lines[: 1 + 200]) + b"\n")  # header + 200 of the 400 read
     before = _snapshot(tmp_path, db)
-    result = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=tmp_path)
+    result = run_cli("resume", run_id, "-d", db, "-x", cwd=tmp_path)
     reason, _hint = _assert_refused(result, "Source changed")
     assert "200" in reason and str(READ_AT_CRASH) in reason, reason
     _assert_unchanged(before, _snapshot(tmp_path, db))
 
 
 # ---------------------------------------------------------------------- a run that is still alive
+# SQLite only: freezing the writer between two transactions relies on SQLite's write lock; the
+# same refusal against a live writer on PostgreSQL is tested in tests/recovery.
 def _process_state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as stat:
         return stat.read().rsplit(")", 1)[1].split()[0]
@@ -421,19 +442,20 @@ def test_force_new_refuses_a_run_in_progress(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ refusals that must not happen
 def test_dry_run_with_mismatching_settings_reports_the_mismatch(
-    crashed: tuple[Path, Path, str], tmp_path: Path
+    crashed: tuple[Path, Path, str, str], tmp_path: Path
 ) -> None:
-    work, _settings, run_id = crashed
-    other = gate_pipeline(work, work / "in.csv")
+    work, _settings, run_id, db = crashed
+    other = gate_pipeline(work, work / "in.csv", landscape={"url": db})
     other["row_plugins"][0]["options"]["mapping"] = {"status": "state", "note": "remark"}
     other_path = write_settings(tmp_path / "other.yaml", other)
-    before = _snapshot(work, work / "audit.db")
+    before = _snapshot(work, db)
     result = run_cli("resume", run_id, "-s", str(other_path), cwd=work)
-    _assert_unchanged(before, _snapshot(work, work / "audit.db"))
+    _assert_unchanged(before, _snapshot(work, db))
     _assert_refused(result, "Configuration mismatch")
 
 
 def test_resume_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> None:
+    # SQLite only: a missing file (a PostgreSQL database without a landscape: test_explain.py).
     missing = tmp_path / "nowhere" / "audit.db"
     result = run_cli(
         "resume", "01NOSUCHRUN0000000000000000", "-d", _url(missing), "-x", cwd=tmp_path
@@ -446,7 +468,9 @@ def test_resume_against_a_missing_landscape_creates_nothing(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def _aggregation_run(work: Path, env: dict[str, str] | None = None) -> tuple[Result, Path]:
+def _aggregation_run(
+    work: Path, landscape: str, env: dict[str, str] | None = None
+) -> tuple[Result, str]:
     """The gate pipeline behind a passthrough ``batch_replicate`` (count trigger, one copy)."""
     work.mkdir(parents=True, exist_ok=True)
     aggregation = {
@@ -456,29 +480,41 @@ def _aggregation_run(work: Path, env: dict[str, str] | None = None) -> tuple[Res
         "output_mode": "passthrough",
         "options": {"default_copies": 1},
     }
-    data = gate_pipeline(work, _make_input(work), aggregations=[aggregation])
+    data = gate_pipeline(
+        work, _make_input(work), aggregations=[aggregation], landscape={"url": landscape}
+    )
     settings = write_settings(work / "settings.yaml", data)
-    return run_cli("run", "-s", str(settings), "-x", cwd=work, env=env), work / "audit.db"
+    return run_cli("run", "-s", str(settings), "-x", cwd=work, env=env), landscape
 
 
-def test_aggregation_run_crashed_after_its_batch_trigger_resumes(tmp_path: Path) -> None:
+def test_aggregation_run_crashed_after_its_batch_trigger_resumes(
+    tmp_path: Path, landscapes: Landscapes, request: pytest.FixtureRequest
+) -> None:
     """SIGKILL once the first batch is marked executing; resume retries it (attempt 2).
 
     The reference is a crash-free run of the SAME aggregation pipeline: ``batch_replicate``
     enriches every member with ``copies``, so the plain gate pipeline's outputs are not it.
     """
-    reference, reference_db = _aggregation_run(tmp_path / "reference")
+    reference_work, work = tmp_path / "reference", tmp_path / "crashed"
+    reference_work.mkdir()
+    work.mkdir()
+    reference, reference_db = _aggregation_run(
+        reference_work, landscapes.new(reference_work, request=request)
+    )
     assert reference.code == 0, reference.stderr
     reference_files = sink_files(tmp_path / "reference")
     assert b'"copies":1' in reference_files["flagged.jsonl"]  # the enrichment is in the output
 
-    work = tmp_path / "crashed"
-    crashed, db = _aggregation_run(work, env={"ELSPETH_FAULT_INJECT": "batch_executing:1"})
+    crashed, db = _aggregation_run(
+        work,
+        landscapes.new(work, request=request),
+        env={"ELSPETH_FAULT_INJECT": "batch_executing:1"},
+    )
     assert crashed.code == -signal.SIGKILL, crashed.stderr
     (run_id,) = run_ids(db)
     assert query(db, "SELECT status, attempt FROM batches") == [("executing", 1)]
 
-    resumed = run_cli("resume", run_id, "-d", _url(db), "-x", cwd=work)
+    resumed = run_cli("resume", run_id, "-d", db, "-x", cwd=work)
     assert resumed.code == 0, resumed.stderr
     files = sink_files(work)
     assert files.keys() == reference_files.keys()
@@ -486,7 +522,7 @@ def test_aggregation_run_crashed_after_its_batch_trigger_resumes(tmp_path: Path)
         assert files[name] == content, f"{name} differs from the crash-free run"
     assert_landscape_invariants(db, run_id, ROWS)
     # Passthrough: no new tokens, so one terminal outcome per source row, as in the reference.
-    terminal = "SELECT outcome, sink_name, count(*) FROM token_outcomes WHERE is_terminal = 1 "
+    terminal = "SELECT outcome, sink_name, count(*) FROM token_outcomes WHERE is_terminal "
     terminal += "GROUP BY outcome, sink_name ORDER BY outcome, sink_name"
     assert query(db, terminal) == query(reference_db, terminal)
     assert sum(n for _o, _s, n in query(db, terminal)) == ROWS
@@ -497,17 +533,17 @@ def test_aggregation_run_crashed_after_its_batch_trigger_resumes(tmp_path: Path)
     assert len(batches) - 1 == len(query(reference_db, "SELECT batch_id FROM batches"))
 
 
-def test_a_run_superseded_by_force_new_is_not_resumed(tmp_path: Path) -> None:
-    _settings, old_run = _crash_run(tmp_path)
-    db = tmp_path / "audit.db"
-    fresh = run_cli("resume", old_run, "-d", _url(db), "--force-new", "-x", cwd=tmp_path)
+def test_a_run_superseded_by_force_new_is_not_resumed(tmp_path: Path, landscape_url: str) -> None:
+    db = landscape_url
+    _settings, old_run = _crash_run(tmp_path, landscape=db)
+    fresh = run_cli("resume", old_run, "-d", db, "--force-new", "-x", cwd=tmp_path)
     assert fresh.code == 0, fresh.stderr
     (new_run,) = [r for r in run_ids(db) if r != old_run]
     assert query(db, f"SELECT status, superseded_by FROM runs WHERE run_id = '{old_run}'") == [
         ("failed", new_run)
     ]
     before = _snapshot(tmp_path, db)
-    result = run_cli("resume", old_run, "-d", _url(db), "-x", cwd=tmp_path)
+    result = run_cli("resume", old_run, "-d", db, "-x", cwd=tmp_path)
     _assert_unchanged(before, _snapshot(tmp_path, db))
     reason, _hint = _assert_refused(result, old_run)
     assert new_run in reason
