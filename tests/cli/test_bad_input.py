@@ -8,7 +8,8 @@ ONE ``Error:`` line on stderr naming the file and the line or key, no traceback,
 Bad rows (schema failures, a non-UTF-8 byte, NaN and Infinity) must not stop a run: they are
 quarantined with a reason naming the field, written to the quarantine sink, and every other row
 reaches its sink. A transform error without ``on_error`` fails its rows (recorded), the run ends
-``failed`` with exit 2, and the other rows still reach their sinks.
+``failed`` with exit 2, and the other rows still reach their sinks. The bad-row runs are recorded
+on both landscape backends (SQLite and PostgreSQL); refused settings never open a landscape.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 import yaml
 
 from tests.support.cli import Result, query, run_cli, run_ids
+from tests.support.landscape_fixtures import Landscapes
 
 SETTINGS = "pipeline.yaml"
 INPUT = "in.csv"
@@ -195,6 +197,7 @@ def _error_line(result: Result) -> str:
     return errors[0]
 
 
+# Not parametrised over backends: refused settings never reach a landscape (none is created).
 @pytest.mark.parametrize(("case", "command"), _params())
 def test_bad_settings_are_refused_before_anything_happens(
     tmp_path: Path, case: str, command: str
@@ -218,6 +221,7 @@ def test_bad_settings_are_refused_before_anything_happens(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([SETTINGS, INPUT])
 
 
+# SQLite-only: the refusal comes before any landscape is opened; it checks no SQLite file appears.
 @pytest.mark.parametrize("case", ["unknown_plugin_name", "gate_lambda"])
 def test_a_refused_pipeline_records_no_run(tmp_path: Path, case: str) -> None:
     (tmp_path / SETTINGS).write_text(CASES[case][0])
@@ -254,6 +258,15 @@ ROW_SETTINGS: dict[str, Any] = {
     "landscape": {"url": "sqlite:///audit.db"},
     "payload_store": {"base_path": "payloads"},
 }
+
+
+def _row_settings(landscape: str) -> dict[str, Any]:
+    """A deep copy of ``ROW_SETTINGS`` recording into the landscape at ``landscape``."""
+    settings = json.loads(json.dumps(ROW_SETTINGS))
+    settings["landscape"] = {"url": landscape}
+    return settings
+
+
 GOOD_ROWS = 40
 # row_index -> (raw CSV line, what the quarantine reason must mention)
 BAD_ROWS: dict[int, tuple[bytes, tuple[str, ...]]] = {
@@ -288,22 +301,23 @@ def _data_rows(path: Path) -> int:
     return len(lines) - 1 if path.suffix == ".csv" and lines else len(lines)
 
 
+BadRowsRun = tuple[Path, Result, int, str]  # work directory, result, source rows, landscape URL
+
+
 @pytest.fixture(scope="module")
-def bad_rows_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result, int]:
+def bad_rows_run(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> BadRowsRun:
     work = tmp_path_factory.mktemp("bad_rows")
+    url = landscapes.new(work)
     total = _write_row_input(work / INPUT)
-    (work / SETTINGS).write_text(_dump(ROW_SETTINGS))
+    (work / SETTINGS).write_text(_dump(_row_settings(url)))
     result = run_cli("run", "-s", SETTINGS, "-x", cwd=work)
-    return work, result, total
+    return work, result, total, url
 
 
-def test_bad_rows_are_quarantined_and_the_run_completes(
-    bad_rows_run: tuple[Path, Result, int],
-) -> None:
-    work, result, total = bad_rows_run
+def test_bad_rows_are_quarantined_and_the_run_completes(bad_rows_run: BadRowsRun) -> None:
+    work, result, total, db = bad_rows_run
     assert result.code == 0, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    db = work / "audit.db"
     (run_id,) = run_ids(db)
     assert query(db, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [("completed",)]
     assert query(db, "SELECT count(*) FROM rows")[0][0] == total
@@ -321,7 +335,7 @@ def test_bad_rows_are_quarantined_and_the_run_completes(
             db,
             """SELECT r.row_index, o.outcome || ':' || coalesce(o.sink_name, '')
                FROM rows r JOIN tokens t ON t.row_id = r.row_id
-               JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal = 1""",
+               JOIN token_outcomes o ON o.token_id = t.token_id AND o.is_terminal""",
         )
     )
     assert len(outcomes) == total
@@ -347,28 +361,25 @@ def test_bad_rows_are_quarantined_and_the_run_completes(
     recorded = dict(
         query(
             db,
-            "SELECT sink_name, count(*) FROM token_outcomes "
-            "WHERE is_terminal = 1 GROUP BY sink_name",
+            "SELECT sink_name, count(*) FROM token_outcomes WHERE is_terminal GROUP BY sink_name",
         )
     )
     assert recorded == per_sink
 
 
 def test_a_short_csv_line_is_quarantined_naming_the_missing_field(
-    bad_rows_run: tuple[Path, Result, int],
+    bad_rows_run: BadRowsRun,
 ) -> None:
-    work, result, _total = bad_rows_run
+    _work, result, _total, db = bad_rows_run
     assert result.code == 0
-    ((reason,),) = query(
-        work / "audit.db", "SELECT reason FROM validation_errors WHERE row_index = 6"
-    )
+    ((reason,),) = query(db, "SELECT reason FROM validation_errors WHERE row_index = 6")
     assert reason == "line 8: expected 3 fields, got 2 (missing 'status')", reason
 
 
-def _json_pipeline(work: Path, rows: list[Any] | str, **options: Any) -> None:
+def _json_pipeline(work: Path, rows: list[Any] | str, landscape: str, **options: Any) -> None:
     text = rows if isinstance(rows, str) else "\n".join(json.dumps(r) for r in rows) + "\n"
     (work / "in.jsonl").write_text(text)
-    settings = json.loads(json.dumps(ROW_SETTINGS))
+    settings = _row_settings(landscape)
     settings["datasource"] = {
         "plugin": "json",
         "options": {
@@ -381,7 +392,9 @@ def _json_pipeline(work: Path, rows: list[Any] | str, **options: Any) -> None:
     (work / SETTINGS).write_text(_dump(settings))
 
 
-def test_json_rows_missing_a_field_or_holding_nan_are_quarantined(tmp_path: Path) -> None:
+def test_json_rows_missing_a_field_or_holding_nan_are_quarantined(
+    tmp_path: Path, landscape_url: str
+) -> None:
     text = (
         '{"id": 0, "amount": 5.0, "status": "ok"}\n'
         '{"id": 1, "status": "ok"}\n'  # amount missing
@@ -389,10 +402,10 @@ def test_json_rows_missing_a_field_or_holding_nan_are_quarantined(tmp_path: Path
         '{"id": 3, "amount": NaN, "status": "ok"}\n'  # a bare NaN token
         '{"id": 4, "amount": 700.0, "status": "ok"}\n'
     )
-    _json_pipeline(tmp_path, text)
+    _json_pipeline(tmp_path, text, landscape_url)
     result = run_cli("run", "-s", SETTINGS, "-x", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    db = tmp_path / "audit.db"
+    db = landscape_url
     errors = dict(query(db, "SELECT row_index, reason FROM validation_errors"))
     assert set(errors) == {1, 2, 3}
     assert "amount" in errors[1] and "missing" in errors[1]
@@ -403,7 +416,9 @@ def test_json_rows_missing_a_field_or_holding_nan_are_quarantined(tmp_path: Path
     assert _data_rows(tmp_path / "out" / "high.csv") == 1
 
 
-def test_json_numbers_canonical_json_cannot_hash_are_quarantined(tmp_path: Path) -> None:
+def test_json_numbers_canonical_json_cannot_hash_are_quarantined(
+    tmp_path: Path, landscape_url: str
+) -> None:
     """1e999 (overflows to Infinity) and 2**53 (beyond I-JSON integers) fail their row only."""
     text = (
         '{"id": 0, "amount": 5.0, "status": "ok"}\n'
@@ -411,10 +426,12 @@ def test_json_numbers_canonical_json_cannot_hash_are_quarantined(tmp_path: Path)
         '{"id": 2, "amount": 7.0, "status": "ok"}\n'
         '{"id": 9007199254740992, "amount": 8.0, "status": "ok"}\n'
     )
-    _json_pipeline(tmp_path, text)
+    _json_pipeline(tmp_path, text, landscape_url)
     result = run_cli("run", "-s", SETTINGS, "-x", cwd=tmp_path)
     assert result.code == 0, result.stderr
-    errors = dict(query(tmp_path / "audit.db", "SELECT row_index, reason FROM validation_errors"))
+    errors = dict(
+        query(landscape_url, "SELECT row_index, reason FROM validation_errors ORDER BY row_index")
+    )
     assert list(errors) == [1, 3]
     assert "amount" in errors[1] and "Infinity" in errors[1]
     assert "'id'" in errors[3] and "9007199254740992" in errors[3]
@@ -428,7 +445,7 @@ STRICT_ROWS = 12
 MISSING_STATUS = {2, 5, 9}
 
 
-def _strict_mapper_run(work: Path) -> Result:
+def _strict_mapper_run(work: Path, landscape: str) -> Result:
     rows = []
     for index in range(STRICT_ROWS):
         row: dict[str, Any] = {"id": index, "amount": index * 100.0, "status": "ok"}
@@ -436,7 +453,7 @@ def _strict_mapper_run(work: Path) -> Result:
             del row["status"]
         rows.append(row)
     (work / "in.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    settings = json.loads(json.dumps(ROW_SETTINGS))
+    settings = _row_settings(landscape)
     settings["datasource"] = {
         "plugin": "json",
         "options": {"path": "in.jsonl", "schema": {"fields": "dynamic"}},
@@ -448,19 +465,22 @@ def _strict_mapper_run(work: Path) -> Result:
     return run_cli("run", "-s", SETTINGS, "-x", cwd=work)
 
 
+StrictMapper = tuple[Path, Result, str]  # work directory, result, landscape URL
+
+
 @pytest.fixture(scope="module")
-def strict_mapper(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Result]:
+def strict_mapper(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> StrictMapper:
     work = tmp_path_factory.mktemp("strict_mapper")
-    return work, _strict_mapper_run(work)
+    url = landscapes.new(work)
+    return work, _strict_mapper_run(work, url), url
 
 
 def test_transform_error_without_on_error_fails_those_rows_and_the_run(
-    strict_mapper: tuple[Path, Result],
+    strict_mapper: StrictMapper,
 ) -> None:
-    work, result = strict_mapper
+    work, result, db = strict_mapper
     assert result.code == 2, (result.code, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
-    db = work / "audit.db"
     (run_id,) = run_ids(db)
     ((status, error),) = query(db, f"SELECT status, error FROM runs WHERE run_id = '{run_id}'")
     assert status == "failed"
@@ -471,7 +491,7 @@ def test_transform_error_without_on_error_fails_those_rows_and_the_run(
         db,
         """SELECT r.row_index, o.reason FROM rows r JOIN tokens t ON t.row_id = r.row_id
            JOIN token_outcomes o ON o.token_id = t.token_id
-           WHERE o.outcome = 'failed' AND o.is_terminal = 1 ORDER BY r.row_index""",
+           WHERE o.outcome = 'failed' AND o.is_terminal ORDER BY r.row_index""",
     )
     assert [index for index, _reason in failed] == sorted(MISSING_STATUS)
     assert all("status" in reason for _index, reason in failed)
@@ -487,12 +507,12 @@ def test_transform_error_without_on_error_fails_those_rows_and_the_run(
     out = work / "out"
     delivered = _data_rows(out / "normal.csv") + _data_rows(out / "high.csv")
     assert delivered == STRICT_ROWS - len(MISSING_STATUS)  # the other rows reached their sinks
-    terminal = query(db, "SELECT count(*) FROM token_outcomes WHERE is_terminal = 1")[0][0]
+    terminal = query(db, "SELECT count(*) FROM token_outcomes WHERE is_terminal")[0][0]
     assert terminal == STRICT_ROWS
 
 
-def test_a_failed_run_explains_itself_on_stderr(strict_mapper: tuple[Path, Result]) -> None:
-    _work, result = strict_mapper
+def test_a_failed_run_explains_itself_on_stderr(strict_mapper: StrictMapper) -> None:
+    _work, result, _db = strict_mapper
     assert result.code == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and "failed" in errors[0], result.stderr

@@ -1,14 +1,14 @@
 """``elspeth health`` through the real CLI: each check can fail on its own, and nothing is created.
 
 The Prefect check is exercised against a real HTTP server on a local port (answering like
-Prefect's ``GET /api/health``) and against a port nobody listens on.
+Prefect's ``GET /api/health``) and against a port nobody listens on. The landscape checks run on
+both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import json
 import socket
-import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import closing
@@ -20,7 +20,7 @@ import pytest
 
 from elspeth_core.landscape import LandscapeDB
 from elspeth_core.landscape.migrations import HEAD_REVISION
-from tests.support.cli import run_cli
+from tests.support.cli import run_cli, url_execute
 
 
 class _Health(BaseHTTPRequestHandler):
@@ -54,8 +54,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def landscape(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+def landscape(landscape_url: str, tmp_path: Path) -> str:
+    """This test's landscape (SQLite or PostgreSQL), empty at the head revision."""
+    url = landscape_url
     LandscapeDB(url).close()  # an empty landscape at the head revision
     (tmp_path / "payloads").mkdir()
     return url
@@ -87,6 +88,7 @@ def test_healthy_installation(tmp_path: Path, landscape: str) -> None:
     assert text.code == 0 and text.stdout.strip().endswith("healthy")
 
 
+# SQLite-only: a missing .db file (and that no folder is created for it) is SQLite-specific.
 def test_missing_landscape_is_unhealthy_and_not_created(tmp_path: Path) -> None:
     code, report = _health(
         tmp_path, "-d", f"sqlite:///{tmp_path / 'no' / 'audit.db'}", "--payloads", str(tmp_path)
@@ -100,8 +102,7 @@ def test_missing_landscape_is_unhealthy_and_not_created(tmp_path: Path) -> None:
 def test_old_schema_revision_is_unhealthy_with_the_command_to_run(
     tmp_path: Path, landscape: str
 ) -> None:
-    with closing(sqlite3.connect(tmp_path / "audit.db")) as conn, conn:
-        conn.execute("UPDATE alembic_version SET version_num = '0000_older'")
+    url_execute(landscape, "UPDATE alembic_version SET version_num = '0000_older'")
     code, report = _health(tmp_path, "-d", landscape, "--payloads", str(tmp_path / "payloads"))
     assert code == 1
     db = report["database"]

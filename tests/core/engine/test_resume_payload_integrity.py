@@ -12,7 +12,8 @@ resumes to the crash-free outputs once the payload is restored. A row's payload 
 never reaches a sink (the resume takes rows from the source); ``elspeth explain`` reports it.
 
 Runs are SIGKILLed at a crash point (``ELSPETH_FAULT_INJECT=<point>:<n>``, see
-``elspeth_core/engine/faults.py``) with a ``batch_stats`` aggregation over 2,000 rows.
+``elspeth_core/engine/faults.py``) with a ``batch_stats`` aggregation over 2,000 rows. Every test
+runs on both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ from __future__ import annotations
 import hashlib
 import json
 import signal
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.cli import assert_landscape_invariants, query, run_cli
+from tests.support.cli import assert_landscape_invariants, query, run_cli, url_query
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import (
     csv_sink,
     make_csv,
@@ -49,26 +49,32 @@ AGGREGATION = {
 }
 
 
-def _settings(work: Path) -> dict[str, Any]:
+def _settings(work: Path, landscape: str) -> dict[str, Any]:
     source = make_csv(work / "in.csv", ROWS)
-    return pipeline(work, source, aggregations=[AGGREGATION], sinks={"out": csv_sink(work, "out")})
+    return pipeline(
+        work,
+        source,
+        aggregations=[AGGREGATION],
+        sinks={"out": csv_sink(work, "out")},
+        landscape=landscape,
+    )
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def reference(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> dict[str, Any]:
     """The outputs of a crash-free run of the same pipeline over the same input."""
     work = tmp_path_factory.mktemp("reference")
-    result = run_pipeline(work, _settings(work))
+    result = run_pipeline(work, _settings(work, landscapes.new(work)))
     assert result.code == 0, result.stderr
     found = outputs(work)
     assert found["out.csv"].count(b"\n") == 1 + ROWS // 1000  # header + one row per batch
     return found
 
 
-def _crash(work: Path, point: str) -> str:
-    result = run_pipeline(work, _settings(work), env={"ELSPETH_FAULT_INJECT": point})
+def _crash(work: Path, landscape: str, point: str) -> str:
+    result = run_pipeline(work, _settings(work, landscape), env={"ELSPETH_FAULT_INJECT": point})
     assert result.code == -signal.SIGKILL, (result.code, result.stderr)
-    return only_run(work)
+    return only_run(landscape)
 
 
 def _pack_slice(work: Path, ref: str) -> tuple[Path, int, int]:
@@ -87,17 +93,16 @@ def _alter(work: Path, ref: str, change: Any) -> bytes:
     return original
 
 
-def _snapshot(work: Path) -> dict[str, Any]:
-    """Everything a refused resume must leave alone."""
-    with closing(sqlite3.connect(work / "audit.db")) as conn:
-        counts = {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
-        runs = conn.execute(
-            "SELECT status, error, lease_owner, lease_expires_at, source_rows_ingested FROM runs"
-        ).fetchall()
-        attempts = conn.execute("SELECT attempt, status FROM run_attempts").fetchall()
-        batches = conn.execute(
-            "SELECT batch_id, status, attempt FROM batches ORDER BY batch_id"
-        ).fetchall()
+def _snapshot(work: Path, url: str) -> dict[str, Any]:
+    """Everything a refused resume must leave alone (the landscape at ``url``, and the files)."""
+    counts = {t: url_query(url, f"SELECT count(*) FROM {t}")[0][0] for t in TABLES}
+    runs = url_query(
+        url,
+        "SELECT status, error, lease_owner, lease_expires_at, source_rows_ingested FROM runs "
+        "ORDER BY run_id",
+    )
+    attempts = url_query(url, "SELECT attempt, status FROM run_attempts ORDER BY attempt")
+    batches = url_query(url, "SELECT batch_id, status, attempt FROM batches ORDER BY batch_id")
     files = {
         str(p.relative_to(work)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(work.rglob("*"))
@@ -106,9 +111,9 @@ def _snapshot(work: Path) -> dict[str, Any]:
     return {"counts": counts, "runs": runs, "attempts": attempts, "batches": batches, **files}
 
 
-def _member_ref(work: Path, ordinal: int) -> str:
+def _member_ref(url: str, ordinal: int) -> str:
     ((ref,),) = query(
-        work / "audit.db",
+        url,
         f"SELECT m.data_ref FROM batch_members m JOIN batches b ON b.batch_id = m.batch_id "
         f"WHERE b.attempt = 1 AND m.ordinal = {ordinal} ORDER BY b.created_at LIMIT 1",
     )
@@ -128,65 +133,66 @@ def _one_error(stderr: str) -> tuple[str, str]:
     [("after_commit:5", "draft"), ("batch_executing:1", "executing")],
 )
 def test_an_altered_batch_member_payload_refuses_the_resume_and_writes_nothing(
-    tmp_path: Path, reference: dict[str, Any], crash: str, batch_status: str
+    tmp_path: Path, reference: dict[str, Any], crash: str, batch_status: str, landscape_url: str
 ) -> None:
-    run_id = _crash(tmp_path, crash)
-    db = tmp_path / "audit.db"
+    db = landscape_url
+    run_id = _crash(tmp_path, db, crash)
     assert query(db, "SELECT status FROM batches") == [(batch_status,)]
-    ref = _member_ref(tmp_path, 3)
+    ref = _member_ref(db, 3)
     original = _alter(tmp_path, ref, lambda b: b.replace(b'"id":3,', b'"id":4,'))
-    before = _snapshot(tmp_path)
+    before = _snapshot(tmp_path, db)
 
-    result = resume(tmp_path, run_id)
+    result = resume(tmp_path, run_id, landscape=db)
     assert result.code == 1, (result.code, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
     reason, hint = _one_error(result.stderr)
     assert f"payload {ref} does not match its recorded hash" in reason, reason
     assert "payload store was modified" in hint
-    assert _snapshot(tmp_path) == before  # no sink byte, landscape row or lease changed
+    assert _snapshot(tmp_path, db) == before  # no sink byte, landscape row or lease changed
 
     # The refusal left the run as the crash did: with the payload restored it resumes, and its
     # outputs are those of the crash-free run.
     path, _offset, _length = _pack_slice(tmp_path, ref)
     path.write_bytes(original)
-    resumed = resume(tmp_path, run_id)
+    resumed = resume(tmp_path, run_id, landscape=db)
     assert resumed.code == 0, resumed.stderr
     assert outputs(tmp_path) == reference
     assert_landscape_invariants(db, run_id, ROWS)
 
 
 def test_a_batch_member_payload_that_no_longer_decodes_refuses_the_resume(
-    tmp_path: Path,
+    tmp_path: Path, landscape_url: str
 ) -> None:
-    run_id = _crash(tmp_path, "after_commit:5")
-    ref = _member_ref(tmp_path, 0)
+    db = landscape_url
+    run_id = _crash(tmp_path, db, "after_commit:5")
+    ref = _member_ref(db, 0)
     _alter(tmp_path, ref, lambda b: b"#" + b[1:])
-    before = _snapshot(tmp_path)
-    result = resume(tmp_path, run_id)
+    before = _snapshot(tmp_path, db)
+    result = resume(tmp_path, run_id, landscape=db)
     assert result.code == 1, (result.code, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
     reason, _hint = _one_error(result.stderr)
     assert f"payload {ref} is damaged: " in reason, reason
     assert "internal error" not in reason
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(tmp_path, db) == before
 
 
 def test_an_altered_row_payload_never_reaches_a_sink(
-    tmp_path: Path, reference: dict[str, Any]
+    tmp_path: Path, reference: dict[str, Any], landscape_url: str
 ) -> None:
     """Resume re-reads rows from the source (hash-verified), not from the payload store."""
-    run_id = _crash(tmp_path, "after_commit:5")
-    db = tmp_path / "audit.db"
+    db = landscape_url
+    run_id = _crash(tmp_path, db, "after_commit:5")
     ((row_id, ref),) = query(db, "SELECT row_id, source_data_ref FROM rows WHERE row_index = 3")
     _alter(tmp_path, ref, lambda b: b.replace(b'"id":"3",', b'"id":"4",'))
 
-    resumed = resume(tmp_path, run_id)
+    resumed = resume(tmp_path, run_id, landscape=db)
     assert resumed.code == 0, resumed.stderr
     assert outputs(tmp_path) == reference
     assert_landscape_invariants(db, run_id, ROWS)
 
     explained = run_cli(
-        "explain", "--run", run_id, "--row", row_id, "--json", "-d", f"sqlite:///{db}",
+        "explain", "--run", run_id, "--row", row_id, "--json", "-d", db,
         cwd=tmp_path,
     )  # fmt: skip
     assert explained.code == 0, explained.stderr

@@ -9,6 +9,7 @@ Through the CLI: a run SIGKILLed mid-way records its position with every commit;
 takes the digest path (its log says so), and ends byte-identical to a crash-free run. A change
 in the ingested bytes that leaves the rows the same (LF -> CRLF) falls back to the row-by-row
 check and still resumes; a change to a recorded row's value is refused as "Source changed".
+The CLI tests run on both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import pytest
 from elspeth_core.plugins.source_position import seekable_encoding
 from elspeth_core.plugins.sources import CsvSource
 from tests.support.cli import assert_landscape_invariants, query, run_cli, run_ids, write_settings
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import make_csv, outputs, pipeline
 
 TRICKY = (
@@ -101,8 +103,10 @@ def test_encodings_that_cannot_seek_are_not_offered_a_position() -> None:
 ROWS = 6_000
 
 
-def _crashed_run(work: Path, source: Path) -> tuple[Path, str]:
-    settings = write_settings(work / "settings.yaml", pipeline(work, source, interval=100))
+def _crashed_run(work: Path, source: Path, landscape: str) -> tuple[Path, str]:
+    settings = write_settings(
+        work / "settings.yaml", pipeline(work, source, interval=100, landscape=landscape)
+    )
     crashed = run_cli(
         "run",
         "-s",
@@ -112,36 +116,38 @@ def _crashed_run(work: Path, source: Path) -> tuple[Path, str]:
         env={"ELSPETH_FAULT_INJECT": "source_read:4500"},
     )
     assert crashed.code == -signal.SIGKILL, crashed.stderr
-    (run_id,) = run_ids(work / "audit.db")
+    (run_id,) = run_ids(landscape)
     return settings, run_id
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def reference(tmp_path_factory: pytest.TempPathFactory, landscapes: Landscapes) -> dict:
     work = tmp_path_factory.mktemp("reference")
     source = make_csv(work / "in.csv", ROWS, seed=13)
-    settings = write_settings(work / "settings.yaml", pipeline(work, source, interval=100))
+    data = pipeline(work, source, interval=100, landscape=landscapes.new(work))
+    settings = write_settings(work / "settings.yaml", data)
     assert run_cli("run", "-s", str(settings), "-x", cwd=work).code == 0
     return outputs(work)
 
 
-def _resume(work: Path, run_id: str) -> tuple[int, str]:
-    db = f"sqlite:///{work / 'audit.db'}"
+def _resume(work: Path, run_id: str, db: str) -> tuple[int, str]:
     result = run_cli("--verbose", "resume", run_id, "-d", db, "-x", cwd=work)
     return result.code, result.stderr
 
 
-def test_resume_checks_one_digest_and_ends_identical(tmp_path: Path, reference: dict) -> None:
+def test_resume_checks_one_digest_and_ends_identical(
+    tmp_path: Path, reference: dict, landscape_url: str
+) -> None:
     source = make_csv(tmp_path / "in.csv", ROWS, seed=13)
-    _settings, run_id = _crashed_run(tmp_path, source)
-    db = tmp_path / "audit.db"
+    _settings, run_id = _crashed_run(tmp_path, source, landscape_url)
+    db = landscape_url
     [(ingested, position)] = query(
         db, "SELECT source_rows_ingested, source_position_json FROM runs"
     )
     assert 0 < ingested < ROWS and position is not None
     assert f'"rows":{ingested}' in position
 
-    code, stderr = _resume(tmp_path, run_id)
+    code, stderr = _resume(tmp_path, run_id, db)
 
     assert code == 0, stderr
     assert f"the {ingested} recorded rows verified by one digest" in stderr
@@ -150,31 +156,31 @@ def test_resume_checks_one_digest_and_ends_identical(tmp_path: Path, reference: 
 
 
 def test_same_rows_in_other_bytes_fall_back_to_the_row_check(
-    tmp_path: Path, reference: dict
+    tmp_path: Path, reference: dict, landscape_url: str
 ) -> None:
     source = make_csv(tmp_path / "in.csv", ROWS, seed=13)
-    _settings, run_id = _crashed_run(tmp_path, source)
+    _settings, run_id = _crashed_run(tmp_path, source, landscape_url)
     before = source.read_bytes()
     after = before.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     assert after != before  # the ingested bytes change, their rows do not
     source.write_bytes(after)
 
-    code, stderr = _resume(tmp_path, run_id)
+    code, stderr = _resume(tmp_path, run_id, landscape_url)
 
     assert code == 0, stderr
     assert "verified by one digest" not in stderr
     assert outputs(tmp_path) == reference
-    assert_landscape_invariants(tmp_path / "audit.db", run_id, ROWS)
+    assert_landscape_invariants(landscape_url, run_id, ROWS)
 
 
-def test_a_changed_recorded_value_is_still_refused(tmp_path: Path) -> None:
+def test_a_changed_recorded_value_is_still_refused(tmp_path: Path, landscape_url: str) -> None:
     source = make_csv(tmp_path / "in.csv", ROWS, seed=13)
-    _settings, run_id = _crashed_run(tmp_path, source)
+    _settings, run_id = _crashed_run(tmp_path, source, landscape_url)
     lines = source.read_text(encoding="utf-8").splitlines(keepends=True)
     lines[10] = lines[10].replace(",", ",9", 1)
     source.write_text("".join(lines), encoding="utf-8")
 
-    code, stderr = _resume(tmp_path, run_id)
+    code, stderr = _resume(tmp_path, run_id, landscape_url)
 
     assert code == 3, stderr
     assert "Source changed" in stderr and "row 9 differs" in stderr
