@@ -154,10 +154,6 @@ def url_query(url: str, sql: str, **params: object) -> list[tuple]:
     try:
         with engine.connect() as conn:
             return [tuple(r) for r in conn.execute(text(sql), params)]
-    except Exception as exc:  # noqa: BLE001 - no landscape yet reads as no rows
-        if "runs" in str(exc) and ("no such table" in str(exc) or "does not exist" in str(exc)):
-            return []
-        raise
     finally:
         engine.dispose()
 
@@ -175,8 +171,17 @@ def url_execute(url: str, sql: str, **params: object) -> None:
 
 
 def url_run_ids(url: str) -> list[str]:
+    """The landscape's runs, oldest first; none when it has no landscape yet."""
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
         return []
+    from sqlalchemy import create_engine, inspect
+
+    engine = create_engine(url)
+    try:
+        if not inspect(engine).has_table("runs"):
+            return []
+    finally:
+        engine.dispose()
     return [r[0] for r in url_query(url, "SELECT run_id FROM runs ORDER BY started_at")]
 
 
