@@ -3,7 +3,8 @@ what the resume will really do — checked against what the resume then does.
 
 The states are built with real ``elspeth`` processes: runs and resumes SIGKILLed at named points
 (``ELSPETH_FAULT_INJECT``), and aggregations that raise on a bad row. After each dry run, the next
-resume is executed and the landscape must show exactly the predicted retries.
+resume is executed and the landscape must show exactly the predicted retries. Every landscape test
+runs on both backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import json
 import signal
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from elspeth_core.checkpoint.plan import plan_batches
 from tests.support.cli import (
@@ -22,18 +25,20 @@ from tests.support.cli import (
     run_ids,
     write_settings,
 )
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import make_csv, outputs, pipeline
 
 ROWS = 600
 
 
-def _window_then_stats(work: Path) -> Path:
+def _window_then_stats(work: Path, landscape: str) -> Path:
     """Two passthrough aggregations in a chain: ``window`` (count 100) → ``stats`` (count 250)."""
     work.mkdir(parents=True, exist_ok=True)
     source = make_csv(work / "in.csv", ROWS)
     data = pipeline(
         work,
         source,
+        landscape=landscape,
         aggregations=[
             {
                 "name": "window",
@@ -58,30 +63,28 @@ def _killed(result: Result) -> None:
     assert result.code == -signal.SIGKILL, (result.code, result.stderr)
 
 
-def _dry_run(work: Path, run_id: str) -> tuple[str, dict[str, Any]]:
+def _dry_run(work: Path, db: str, run_id: str) -> tuple[str, dict[str, Any]]:
     """The text and the JSON plan; both must be produced without changing anything."""
-    db = f"sqlite:///{work / 'audit.db'}"
-    before = _batches(work)
+    before = _batches(db)
     text = run_cli("resume", run_id, "-d", db, cwd=work)
     assert text.code == 0, text.stderr
     as_json = run_cli("resume", run_id, "-d", db, "--json", cwd=work)
     assert as_json.code == 0, as_json.stderr
-    assert _batches(work) == before
+    assert _batches(db) == before
     return text.stdout, json.loads(as_json.stdout)["resume_plan"]
 
 
-def _resume(work: Path, run_id: str, crash: str | None = None) -> Result:
+def _resume(work: Path, db: str, run_id: str, crash: str | None = None) -> Result:
     env = {"ELSPETH_FAULT_INJECT": crash} if crash else None
-    db = f"sqlite:///{work / 'audit.db'}"
     return run_cli("resume", run_id, "-d", db, "-x", cwd=work, env=env)
 
 
-def _batches(work: Path) -> list[tuple[str, int, str, str | None]]:
+def _batches(db: str) -> list[tuple[str, int, str, str | None]]:
     """(aggregation, attempt, status, retry_of) of every batch, oldest first."""
     return [
         tuple(row)
         for row in query(
-            work / "audit.db",
+            db,
             "SELECT aggregation_name, attempt, status, retry_of_batch_id FROM batches "
             "ORDER BY created_at, batch_id",
         )
@@ -98,12 +101,18 @@ def _line(text: str, batch_id: str) -> str:
 
 
 def test_plan_follows_a_batch_through_crashes_of_the_run_and_of_two_resumes(
-    tmp_path: Path,
+    tmp_path: Path, landscape_url: str, landscapes: Landscapes, request: pytest.FixtureRequest
 ) -> None:
     reference = tmp_path / "reference"
-    assert run_cli("run", "-s", str(_window_then_stats(reference)), "-x", cwd=reference).code == 0
+    reference.mkdir()
+    reference_db = landscapes.new(reference, request=request)
+    ran = run_cli(
+        "run", "-s", str(_window_then_stats(reference, reference_db)), "-x", cwd=reference
+    )
+    assert ran.code == 0, ran.stderr
     work = tmp_path / "crashed"
-    settings = _window_then_stats(work)
+    db = landscape_url
+    settings = _window_then_stats(work, db)
 
     # 1. Killed once window's 2nd batch is executing; stats buffers window's 1st batch.
     _killed(
@@ -116,8 +125,8 @@ def test_plan_follows_a_batch_through_crashes_of_the_run_and_of_two_resumes(
             env={"ELSPETH_FAULT_INJECT": "batch_executing:2"},
         )
     )
-    (run_id,) = run_ids(work / "audit.db")
-    text, plan = _dry_run(work, run_id)
+    (run_id,) = run_ids(db)
+    text, plan = _dry_run(work, db, run_id)
     assert _by_action(plan) == [
         ("stats", 1, "draft", "restore"),
         ("window", 1, "executing", "fail_and_retry"),
@@ -135,12 +144,12 @@ def test_plan_follows_a_batch_through_crashes_of_the_run_and_of_two_resumes(
 
     # 2. The resume dies inside the commit that would mark the retry executing: the failed
     # attempt is superseded by a retry draft, which is not an open batch.
-    _killed(_resume(work, run_id, "during_commit:1"))
-    assert _batches(work)[-2:] == [
+    _killed(_resume(work, db, run_id, "during_commit:1"))
+    assert _batches(db)[-2:] == [
         ("window", 1, "failed", None),
         ("window", 2, "draft", window["batch_id"]),
     ]
-    text, plan = _dry_run(work, run_id)
+    text, plan = _dry_run(work, db, run_id)
     assert _by_action(plan) == [
         ("stats", 1, "draft", "restore"),
         ("window", 1, "failed", "superseded"),
@@ -160,8 +169,8 @@ def test_plan_follows_a_batch_through_crashes_of_the_run_and_of_two_resumes(
     )
 
     # 3. The next resume dies with the retry executing: attempt 2 will fail, attempt 3 runs.
-    _killed(_resume(work, run_id, "batch_executing:1"))
-    text, plan = _dry_run(work, run_id)
+    _killed(_resume(work, db, run_id, "batch_executing:1"))
+    text, plan = _dry_run(work, db, run_id)
     assert _by_action(plan) == [
         ("stats", 1, "draft", "restore"),
         ("window", 1, "failed", "superseded"),
@@ -173,18 +182,18 @@ def test_plan_follows_a_batch_through_crashes_of_the_run_and_of_two_resumes(
     )
 
     # 4. The resume does what the plan said, and the outputs are the crash-free run's.
-    assert _resume(work, run_id).code == 0
-    window_batches = [b for b in _batches(work) if b[0] == "window"]
+    assert _resume(work, db, run_id).code == 0
+    window_batches = [b for b in _batches(db) if b[0] == "window"]
     assert window_batches[1:4] == [
         ("window", 1, "failed", None),
         ("window", 2, "failed", failed["batch_id"]),
         ("window", 3, "completed", retry["batch_id"]),
     ]
     assert outputs(work) == outputs(reference)
-    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+    assert_landscape_invariants(db, run_id, ROWS)
 
 
-def _failing_batches(work: Path) -> Path:
+def _failing_batches(work: Path, landscape: str) -> Path:
     """``guard`` (passthrough) raises on row 150, ``copies`` (transform) on row 50."""
     work.mkdir(parents=True, exist_ok=True)
     lines = ["id,amount,c1,c2"]
@@ -197,6 +206,7 @@ def _failing_batches(work: Path) -> Path:
         work,
         work / "in.csv",
         fields=[],
+        landscape=landscape,
         aggregations=[
             {
                 "name": "guard",
@@ -218,14 +228,15 @@ def _failing_batches(work: Path) -> Path:
 
 
 def test_failed_batches_are_retried_once_and_final_passthrough_failures_stay_failed(
-    tmp_path: Path,
+    tmp_path: Path, landscape_url: str
 ) -> None:
-    settings = _failing_batches(tmp_path)
+    db = landscape_url
+    settings = _failing_batches(tmp_path, db)
     first = run_cli("run", "-s", str(settings), "-x", cwd=tmp_path)
     assert first.code == 2, (first.code, first.stderr)
-    (run_id,) = run_ids(tmp_path / "audit.db")
+    (run_id,) = run_ids(db)
 
-    text, plan = _dry_run(tmp_path, run_id)
+    text, plan = _dry_run(tmp_path, db, run_id)
     assert _by_action(plan) == [
         ("copies", 1, "failed", "retry"),
         ("guard", 1, "failed", "stays_failed"),
@@ -243,14 +254,15 @@ def test_failed_batches_are_retried_once_and_final_passthrough_failures_stay_fai
 
     # The resume retries exactly the batch the plan named (it fails again: the row is still
     # bad) and leaves the passthrough batch alone.
-    assert _resume(tmp_path, run_id).code == 2
+    assert _resume(tmp_path, db, run_id).code == 2
     retries = query(
-        tmp_path / "audit.db",
-        "SELECT retry_of_batch_id, attempt, status FROM batches WHERE attempt > 1",
+        db,
+        "SELECT retry_of_batch_id, attempt, status FROM batches WHERE attempt > 1 "
+        "ORDER BY created_at, batch_id",
     )
     assert retries == [(copies["batch_id"], 2, "failed")]
 
-    _text, plan = _dry_run(tmp_path, run_id)
+    _text, plan = _dry_run(tmp_path, db, run_id)
     assert _by_action(plan) == [
         ("copies", 1, "failed", "superseded"),
         ("guard", 1, "failed", "stays_failed"),

@@ -5,7 +5,8 @@ output mode), an optional gate that forks to a ``require_all`` coalesce or route
 sink — and one or two crash plans (a named crash point and how many times it is reached before the
 kill; the second plan kills the first resume). Each example runs the real CLI in subprocesses: the
 crash-free reference, then the crashed run and resumes until it completes. Outputs must be
-byte-identical and every token must have exactly one terminal outcome.
+byte-identical and every token must have exactly one terminal outcome. The property is checked on
+both landscape backends (SQLite and PostgreSQL); every example gets its own two landscapes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.support.cli import assert_landscape_invariants, run_cli, run_ids, write_settings
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import csv_sink, jsonl_sink, make_csv, outputs, pipeline
 
 pytestmark = pytest.mark.slow
@@ -82,7 +84,7 @@ def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], list[str]]:
     return shape, draw(crash_plans(shape))
 
 
-def _pipeline(work: Path, source: Path, shape: dict[str, Any]) -> dict:
+def _pipeline(work: Path, source: Path, shape: dict[str, Any], landscape: str) -> dict:
     sinks = {
         "out": csv_sink(work, "out"),
         "flagged": jsonl_sink(work, "flagged"),
@@ -126,6 +128,7 @@ def _pipeline(work: Path, source: Path, shape: dict[str, Any]) -> dict:
         gates=gates,
         coalesce=coalesce,
         row_plugins=[TRANSFORMS[name] for name in shape["transforms"]],
+        landscape=landscape,
     )
 
 
@@ -134,14 +137,13 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_csv(tmp_path_factory.mktemp("input") / "in.csv", ROWS, seed=13)
 
 
-def _until_done(work: Path, settings_path: Path, plans: list[str]) -> None:
-    db = work / "audit.db"
+def _until_done(work: Path, db: str, settings_path: Path, plans: list[str]) -> None:
     plans = list(plans)
     for _attempt in range(10):
         env = {"ELSPETH_FAULT_INJECT": plans.pop(0)} if plans else {}
         ids = run_ids(db)
         result = (
-            run_cli("resume", ids[0], "-d", f"sqlite:///{db}", "-x", cwd=work, env=env)
+            run_cli("resume", ids[0], "-d", db, "-x", cwd=work, env=env)
             if ids
             else run_cli("run", "-s", str(settings_path), "-x", cwd=work, env=env)
         )
@@ -162,20 +164,23 @@ def _until_done(work: Path, settings_path: Path, plans: list[str]) -> None:
 def test_crash_and_resume_equal_the_crash_free_run(
     tmp_path_factory: pytest.TempPathFactory,
     source: Path,
+    landscapes: Landscapes,
+    request: pytest.FixtureRequest,
     scenario: tuple[dict[str, Any], list[str]],
 ) -> None:
     shape, plans = scenario
     reference = tmp_path_factory.mktemp("reference")
-    data = _pipeline(reference, source, shape)
+    data = _pipeline(reference, source, shape, landscapes.new(reference, request=request))
     ran = run_cli(
         "run", "-s", str(write_settings(reference / "settings.yaml", data)), "-x", cwd=reference
     )
     assert ran.code == 0, ran.stderr
 
     work = tmp_path_factory.mktemp("crashed")
-    settings_path = write_settings(work / "settings.yaml", _pipeline(work, source, shape))
-    _until_done(work, settings_path, plans)
+    db = landscapes.new(work, request=request)
+    settings_path = write_settings(work / "settings.yaml", _pipeline(work, source, shape, db))
+    _until_done(work, db, settings_path, plans)
 
     assert outputs(work) == outputs(reference), (shape, plans)
-    (run_id,) = run_ids(work / "audit.db")
-    assert_landscape_invariants(work / "audit.db", run_id, ROWS)
+    (run_id,) = run_ids(db)
+    assert_landscape_invariants(db, run_id, ROWS)

@@ -1,7 +1,8 @@
 """Time-based triggers with an injected clock (the engine's clock port), and a resume that
 restores a draft batch's *elapsed* age rather than a monotonic timestamp.
 
-A test transform advances the fake clock by 3 s per row, so batch boundaries are exact.
+A test transform advances the fake clock by 3 s per row, so batch boundaries are exact. Every test
+runs on both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from elspeth_core.landscape import LandscapeDB
 from elspeth_core.plugins import BatchStats, PluginConfig, TransformResult
 from elspeth_core.plugins.registry import PluginRegistry
 from tests.support.cli import query
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import make_csv, outputs, pipeline
 
 
@@ -58,7 +60,7 @@ def _registry(clock: FakeClock, crash: dict[str, Any]) -> PluginRegistry:
     return registry
 
 
-def _settings(work: Path, source: Path, trigger: dict) -> Path:
+def _settings(work: Path, source: Path, trigger: dict, landscape: str) -> Path:
     agg = {
         "name": "window",
         "plugin": "batch_stats",
@@ -67,17 +69,24 @@ def _settings(work: Path, source: Path, trigger: dict) -> Path:
         "options": {"value_field": "amount"},
     }
     data = pipeline(
-        work, source, row_plugins=[{"plugin": "tick"}], aggregations=[agg], frequency="every_row"
+        work,
+        source,
+        row_plugins=[{"plugin": "tick"}],
+        aggregations=[agg],
+        frequency="every_row",
+        landscape=landscape,
     )
     path = work / "settings.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
 
 
-def _run(work: Path, source: Path, trigger: dict, crash_at: int | None = None) -> str | None:
+def _run(
+    work: Path, source: Path, trigger: dict, landscape: str, crash_at: int | None = None
+) -> str | None:
     clock = FakeClock()
-    settings = _settings(work, source, trigger)
-    with LandscapeDB(f"sqlite:///{work / 'audit.db'}") as db:
+    settings = _settings(work, source, trigger, landscape)
+    with LandscapeDB(landscape) as db:
         orchestrator = Orchestrator(db, registry=_registry(clock, {"at": crash_at}), clock=clock)
         try:
             return orchestrator.run(load_settings(settings)).run_id
@@ -99,12 +108,12 @@ def _run(work: Path, source: Path, trigger: dict, crash_at: int | None = None) -
     ],
 )
 def test_time_triggers_fire_on_elapsed_batch_age(
-    tmp_path: Path, trigger: dict, size: int, kind: str, reason: str
+    tmp_path: Path, trigger: dict, size: int, kind: str, reason: str, landscape_url: str
 ) -> None:
     source = make_csv(tmp_path / "in.csv", 22)
-    run_id = _run(tmp_path, source, trigger)
+    run_id = _run(tmp_path, source, trigger, landscape_url)
     batches = query(
-        tmp_path / "audit.db",
+        landscape_url,
         f"""SELECT b.trigger_type, b.trigger_reason,
                         count(m.token_id) FROM batches b JOIN batch_members m
                         ON m.batch_id = b.batch_id WHERE b.run_id = '{run_id}'
@@ -116,22 +125,25 @@ def test_time_triggers_fire_on_elapsed_batch_age(
     )
 
 
-def test_resume_restores_the_draft_batch_with_its_elapsed_age(tmp_path: Path) -> None:
+def test_resume_restores_the_draft_batch_with_its_elapsed_age(
+    tmp_path: Path, landscape_url: str, landscapes: Landscapes, request: pytest.FixtureRequest
+) -> None:
     source = make_csv(tmp_path / "in.csv", 22)
     trigger = {"timeout_seconds": 10}
     reference = tmp_path / "reference"
     reference.mkdir()
-    assert _run(reference, source, trigger) is not None
+    assert _run(reference, source, trigger, landscapes.new(reference, request=request)) is not None
 
     work = tmp_path / "crashed"
     work.mkdir()
-    assert _run(work, source, trigger, crash_at=7) is None  # rows 0-6 committed, batch 5.. open
-    url = f"sqlite:///{work / 'audit.db'}"
+    url = landscape_url
+    # rows 0-6 committed, batch 5.. open
+    assert _run(work, source, trigger, url, crash_at=7) is None
     clock = FakeClock(start=1000.0)  # a new process: its monotonic clock means nothing to us
     with LandscapeDB(url, create=False) as db:
         checkpoints = CheckpointManager(db)
         recovery = RecoveryManager(db, checkpoints)
-        (run_id,) = [r[0] for r in query(work / "audit.db", "SELECT run_id FROM runs")]
+        (run_id,) = [r[0] for r in query(url, "SELECT run_id FROM runs")]
         assert recovery.can_resume(run_id) == (True, "resumable")
         point = recovery.get_resume_point(run_id)
         saved = point.aggregation_state["aggregations"]
@@ -173,13 +185,16 @@ class Remembering:
         Remembering.restored.append(state)
 
 
-def test_an_aggregation_plugin_is_told_what_was_restored(tmp_path: Path) -> None:
+def test_an_aggregation_plugin_is_told_what_was_restored(
+    tmp_path: Path, landscape_url: str
+) -> None:
     source = make_csv(tmp_path / "in.csv", 22)
     data = pipeline(
         tmp_path,
         source,
         row_plugins=[{"plugin": "tick"}],
         frequency="every_row",
+        landscape=landscape_url,
         aggregations=[
             {
                 "name": "window",
@@ -191,7 +206,7 @@ def test_an_aggregation_plugin_is_told_what_was_restored(tmp_path: Path) -> None
     )
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump(data, sort_keys=False))
-    url = f"sqlite:///{tmp_path / 'audit.db'}"
+    url = landscape_url
     crash: dict[str, Any] = {"at": 8}
     clock = FakeClock()
     registry = _registry(clock, crash)
@@ -199,7 +214,7 @@ def test_an_aggregation_plugin_is_told_what_was_restored(tmp_path: Path) -> None
     with LandscapeDB(url) as db:
         with pytest.raises(KeyboardInterrupt):
             Orchestrator(db, registry=registry, clock=clock).run(load_settings(settings))
-        (run_id,) = [r[0] for r in query(tmp_path / "audit.db", "SELECT run_id FROM runs")]
+        (run_id,) = [r[0] for r in query(url, "SELECT run_id FROM runs")]
         Remembering.restored.clear()
         orchestrator = Orchestrator(db, registry=registry, clock=clock)
         session = orchestrator.open_for_resume(run_id)

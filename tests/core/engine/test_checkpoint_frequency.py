@@ -3,7 +3,8 @@
 Killed while reading row 350 of a pipeline whose aggregation fires every 100 rows, the durable
 position is: the last batch boundary (300) for ``aggregation_only``; the last commit of every 30
 rows after it (330) for ``every_n``; the row before (349) for ``every_row``. Without aggregations,
-``aggregation_only`` commits nothing before the end (or the engine's row cap).
+``aggregation_only`` commits nothing before the end (or the engine's row cap). Every test runs on
+both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.cli import query
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import (
     assert_every_token_terminal_once,
     make_csv,
@@ -40,12 +42,16 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def references(tmp_path_factory: pytest.TempPathFactory, source: Path) -> dict[bool, dict]:
+def references(
+    tmp_path_factory: pytest.TempPathFactory, source: Path, landscapes: Landscapes
+) -> dict[bool, dict]:
     found = {}
     for with_aggregation in (True, False):
         work = tmp_path_factory.mktemp("reference")
         aggs = [STATS] if with_aggregation else []
-        assert run_pipeline(work, pipeline(work, source, aggregations=aggs)).code == 0
+        data = pipeline(work, source, aggregations=aggs, landscape=landscapes.new(work))
+        ran = run_pipeline(work, data)
+        assert ran.code == 0, ran.stderr
         found[with_aggregation] = outputs(work)
     return found
 
@@ -67,12 +73,16 @@ def test_frequency_sets_the_durable_position_and_never_the_outputs(
     frequency: str,
     with_aggregation: bool,
     durable_rows: int,
+    landscape_url: str,
 ) -> None:
     aggs = [STATS] if with_aggregation else []
-    data = pipeline(tmp_path, source, aggregations=aggs, frequency=frequency, interval=30)
+    db = landscape_url
+    data = pipeline(
+        tmp_path, source, aggregations=aggs, frequency=frequency, interval=30, landscape=db
+    )
     crashed = run_pipeline(tmp_path, data, env={"ELSPETH_FAULT_INJECT": "source_read:350"})
     assert crashed.code == -signal.SIGKILL
-    db, run_id = tmp_path / "audit.db", only_run(tmp_path)
+    run_id = only_run(db)
     assert query(db, f"SELECT source_rows_ingested FROM runs WHERE run_id = '{run_id}'") == [
         (durable_rows,)
     ]
@@ -80,6 +90,6 @@ def test_frequency_sets_the_durable_position_and_never_the_outputs(
     assert query(db, f"SELECT rows_ingested FROM checkpoints WHERE run_id = '{run_id}'") == [
         (durable_rows,)
     ]
-    assert resume(tmp_path, run_id).code == 0
+    assert resume(tmp_path, run_id, landscape=db).code == 0
     assert outputs(tmp_path) == references[with_aggregation]
     assert_every_token_terminal_once(db, run_id)

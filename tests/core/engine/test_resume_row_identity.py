@@ -8,19 +8,18 @@ differing row is a copy of a row recorded at another position. Identical content
 positions is two rows (two row IDs), never a duplicate identity.
 
 Runs are SIGKILLed after their fifth commit (``ELSPETH_FAULT_INJECT=after_commit:5``): with
-``checkpoint_interval: 100`` that leaves 400 of the 1,000 rows read.
+``checkpoint_interval: 100`` that leaves 400 of the 1,000 rows read. Every test runs on both
+landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import hashlib
 import signal
-import sqlite3
-from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from tests.support.cli import assert_landscape_invariants, query
+from tests.support.cli import assert_landscape_invariants, query, url_query
 from tests.support.pipelines import (
     csv_sink,
     make_csv,
@@ -35,13 +34,13 @@ ROWS = 1_000
 READ_AT_CRASH = 400
 
 
-def _crash(work: Path) -> tuple[str, Path]:
+def _crash(work: Path, db: str) -> tuple[str, Path]:
     source = make_csv(work / "in.csv", ROWS)
-    data = pipeline(work, source, sinks={"out": csv_sink(work, "out")})
+    data = pipeline(work, source, sinks={"out": csv_sink(work, "out")}, landscape=db)
     result = run_pipeline(work, data, env={"ELSPETH_FAULT_INJECT": "after_commit:5"})
     assert result.code == -signal.SIGKILL, (result.code, result.stderr)
-    assert query(work / "audit.db", "SELECT count(*) FROM rows") == [(READ_AT_CRASH,)]
-    return only_run(work), source
+    assert query(db, "SELECT count(*) FROM rows") == [(READ_AT_CRASH,)]
+    return only_run(db), source
 
 
 def _copy_line(source: Path, row: int, before: int) -> None:
@@ -52,15 +51,15 @@ def _copy_line(source: Path, row: int, before: int) -> None:
     source.write_bytes(b"\n".join(lines))
 
 
-def _snapshot(work: Path) -> dict[str, Any]:
-    with closing(sqlite3.connect(work / "audit.db")) as conn:
-        state = {
-            table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-            for table in ("rows", "tokens", "token_outcomes", "run_attempts", "checkpoints")
-        }
-        state["runs"] = conn.execute(
-            "SELECT status, lease_owner, source_rows_ingested FROM runs"
-        ).fetchall()
+def _snapshot(work: Path, db: str) -> dict[str, Any]:
+    """The landscape at ``db`` (row counts, the run) and the hash of every file of ``work``."""
+    state: dict[str, Any] = {
+        table: url_query(db, f"SELECT count(*) FROM {table}")[0][0]
+        for table in ("rows", "tokens", "token_outcomes", "run_attempts", "checkpoints")
+    }
+    state["runs"] = url_query(
+        db, "SELECT status, lease_owner, source_rows_ingested FROM runs ORDER BY run_id"
+    )
     for path in sorted(work.rglob("*")):
         if path.is_file() and not path.name.startswith("audit.db"):
             state[str(path.relative_to(work))] = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -68,26 +67,29 @@ def _snapshot(work: Path) -> dict[str, Any]:
 
 
 def test_a_recorded_row_copied_to_another_read_position_is_source_changed(
-    tmp_path: Path,
+    tmp_path: Path, landscape_url: str
 ) -> None:
-    run_id, source = _crash(tmp_path)
+    db = landscape_url
+    run_id, source = _crash(tmp_path, db)
     _copy_line(source, 3, before=4)  # row 3's content now also at position 4 (and all shift)
-    before = _snapshot(tmp_path)
-    result = resume(tmp_path, run_id)
+    before = _snapshot(tmp_path, db)
+    result = resume(tmp_path, run_id, landscape=db)
     assert result.code == 3, (result.code, result.stdout, result.stderr)
     assert "Traceback" not in result.stdout + result.stderr
     reason, hint = result.stderr.strip().splitlines()
     assert reason.startswith(f"Error: Source changed since run {run_id} read it: row 4 differs")
     assert hint.startswith("Hint: ") and "--force-new" in hint
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(tmp_path, db) == before
 
 
-def test_identical_content_at_an_unread_position_is_a_new_row(tmp_path: Path) -> None:
-    run_id, source = _crash(tmp_path)
+def test_identical_content_at_an_unread_position_is_a_new_row(
+    tmp_path: Path, landscape_url: str
+) -> None:
+    db = landscape_url
+    run_id, source = _crash(tmp_path, db)
     _copy_line(source, 3, before=700)  # past the 400 rows read: a new, legitimate row
-    resumed = resume(tmp_path, run_id)
+    resumed = resume(tmp_path, run_id, landscape=db)
     assert resumed.code == 0, resumed.stderr
-    db = tmp_path / "audit.db"
     assert_landscape_invariants(db, run_id, ROWS + 1)
     copies = query(
         db,
