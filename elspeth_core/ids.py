@@ -8,6 +8,7 @@ per-instance state only (no globals beyond the default generator used by ``new_i
 from __future__ import annotations
 
 import os
+import random
 import threading
 import time
 
@@ -23,6 +24,15 @@ class IdGenerator:
         self._last_ms = -1
         self._prefix = ""
         self._suffix = 0
+        # Seeded from the OS once (and again in a forked child, which must not repeat its
+        # parent's suffixes): a system call per millisecond would release the GIL on the hot
+        # path, and with the commit thread busy, getting it back costs far more than the call.
+        self._random = random.Random(os.urandom(16))
+        os.register_at_fork(after_in_child=self._reseed)
+
+    def _reseed(self) -> None:
+        self._random.seed(os.urandom(16))
+        self._last_ms = -1
 
     def new(self) -> str:
         with self._lock:
@@ -30,7 +40,7 @@ class IdGenerator:
             if now > self._last_ms:
                 self._last_ms = now
                 self._prefix = f"{now:012x}"  # formatted once per millisecond, not per ID
-                self._suffix = int.from_bytes(os.urandom(8), "big") >> 8
+                self._suffix = self._random.getrandbits(56)
             else:  # same millisecond, or the clock stepped back: keep counting up
                 self._suffix += 1
             return f"{self._prefix}{self._suffix:016x}"
