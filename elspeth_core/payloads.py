@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -70,9 +71,19 @@ class PayloadStore:
 
     def sync(self) -> None:
         """Make every payload put so far durable (called before the landscape commit)."""
-        if self._writer is not None:
-            self._writer.flush()
-            os.fsync(self._writer.fileno())
+        self.sync_deferred()()
+
+    def sync_deferred(self) -> Callable[[], None]:
+        """``sync`` in two steps: the bytes go to the OS now; the returned call fsyncs them.
+
+        ``put`` may go on meanwhile (from the caller's thread): the call makes durable at least
+        everything put before this method was called.
+        """
+        if self._writer is None:
+            return _nothing
+        self._writer.flush()
+        fd = self._writer.fileno()
+        return lambda: os.fsync(fd)
 
     def get(self, ref: str | None, expected_hash: str | None = None) -> Any:
         """Read a payload; verify its canonical hash when ``expected_hash`` is given.
@@ -140,6 +151,10 @@ class PayloadStore:
     def close(self) -> None:
         self.close_writer()
         self.close_readers()
+
+
+def _nothing() -> None:
+    return None
 
 
 def age_days(mtime: float) -> float:

@@ -18,7 +18,7 @@ import signal
 
 CRASH_POINTS = (
     "source_read",  # after reading a source row, before it is committed
-    "after_sink_write",  # sinks fsynced, landscape not yet committed
+    "after_sink_write",  # sink bytes written (not yet fsynced), landscape transaction not begun
     "during_commit",  # inside the landscape transaction, before COMMIT
     "after_commit",  # right after a chunk commit
     "batch_executing",  # batch marked executing and committed, aggregation not run

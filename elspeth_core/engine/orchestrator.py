@@ -272,6 +272,7 @@ class Orchestrator:
 
     def abort(self, session: RunSession, exc: BaseException) -> None:
         """A run stopped by an error or signal: mark it failed/interrupted (still resumable)."""
+        session.settle(quiet=True)  # the chunk in flight ends (committed or not) before the mark
         try:
             if not isinstance(exc, LeaseLostError):
                 status = (

@@ -13,6 +13,10 @@ Before (1) and (2), and before each source row, the session checks that it still
 (``LeaseKeeper.check``): a process paused until another one took the run over must not write a
 byte into sinks the new owner is writing; the landscape fence alone would come too late.
 
+Steps (1)-(3) hand bytes to the OS and run every statement here; what is left — the fsyncs, then
+COMMIT — runs on the commit thread for an ``every_n`` commit while the next rows are read, and
+every commit first waits for the one in flight (see ``commit``).
+
 A crash before (3) leaves sink bytes the landscape does not vouch for: resume cuts them off. A crash
 after (3) loses nothing. So outcome ``completed`` is never recorded before its sink write is durable,
 and no sink write is ever repeated. The session holds no state that is not derivable from the
@@ -40,7 +44,8 @@ import copy
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -69,7 +74,12 @@ from elspeth_core.engine.tokens import Token
 from elspeth_core.errors import ElspethError, SourceChanged, TransientError
 from elspeth_core.hashing import stable_hash
 from elspeth_core.ids import new_id
-from elspeth_core.landscape.recorder import LandscapeRecorder, dumps, new_batch_record
+from elspeth_core.landscape.recorder import (
+    LandscapeRecorder,
+    StagedChunk,
+    dumps,
+    new_batch_record,
+)
 from elspeth_core.landscape.records import ChunkRecords
 from elspeth_core.payloads import PayloadStore
 from elspeth_core.plugins.protocols import BadRow, Publication, TransformResult
@@ -160,6 +170,8 @@ class RunSession:
         self._sink_rows: dict[str, list[dict[str, Any]]] = {name: [] for name in graph.sinks}
         self._sink_counts: dict[str, int] = {name: 0 for name in graph.sinks}
         self._published: set[str] = set()
+        self._committer: ThreadPoolExecutor | None = None
+        self._in_flight: Future[None] | None = None
         payloads.open_pack(run_id, attempt)
 
     # ------------------------------------------------------------------ construction
@@ -227,6 +239,10 @@ class RunSession:
             sink.restore(pub, run_id=self.run_id)
 
     def close(self) -> None:
+        self.settle(quiet=True)
+        if self._committer is not None:
+            self._committer.shutdown()
+            self._committer = None
         for sink in self.sinks.values():
             sink.close()
         self.payloads.close()
@@ -316,7 +332,9 @@ class RunSession:
             if self._closed:
                 self.run_closed_batches()  # a batch boundary: commits on its own
             elif self._commit_due():
-                self.commit()
+                # Durable while the next rows are read; every_row asks for each row to be
+                # durable before the next one is read.
+                self.commit(wait=self.frequency == "every_row")
         self.commit()
         return done
 
@@ -960,8 +978,17 @@ class RunSession:
         self._outcome(token, outcome, sink_name=sink, sink_line=line, reason=reason)
 
     # ------------------------------------------------------------------ commit
-    def commit(self, *, checkpoint: bool = True, final: bool = False) -> None:
-        """Make everything recorded so far durable (see the module docstring for the order)."""
+    def commit(self, *, checkpoint: bool = True, final: bool = False, wait: bool = True) -> None:
+        """Make everything recorded so far durable (see the module docstring for the order).
+
+        Everything but the waiting is done here, in order: the sinks' bytes go to the OS, the
+        payload pack's too, and every landscape statement of the chunk runs (the fence first).
+        What is left is :meth:`_make_durable` — fsync the sinks and the pack, then COMMIT — which
+        runs before this returns, or with ``wait=False`` on the commit thread while the caller
+        reads on. Either way the next commit (and :meth:`settle`) waits for it first, so at most
+        one chunk is in flight and the commit order above holds for every chunk.
+        """
+        self.settle()
         touched = [name for name, rows in self._sink_rows.items() if rows]
         if final:
             touched = list(self.sinks)
@@ -971,53 +998,94 @@ class RunSession:
         if not touched and self.records.is_empty() and not progressed:
             return
         self._check_lease()
-        for name in touched:
-            sink = self.sinks[name]
-            rows = self._sink_rows[name]
-            if rows:
-                sink.write(rows)
-            publication = sink.flush()
-            state = _publication_json(publication)
-            if final:
-                publication = sink.finish()
-                state = {**_publication_json(publication), "before_finish": state}
-            self._sink_counts[name] += len(rows)
-            self._sink_rows[name] = []
-            self.records.artifacts[name] = {
-                "sink_node_id": self.graph.sinks[name].node_id,
-                "path_or_uri": publication.uri,
-                "size_bytes": publication.size_bytes,
-                "rows_written": publication.rows,
-                "content_hash": sink.content_hash() if final else None,
-                "publication_json": dumps(state),
-            }
-            self._published.add(name)
+        syncs = [self._publish(name, final) for name in touched]
         if touched:
             self.faults.hit("after_sink_write")
         self._check_lease()
-        self.payloads.sync()
+        syncs.append(self.payloads.sync_deferred())
         self.records.rows_ingested = self.rows_ingested
         self.records.source_position_json = self.position_json()
         self.records.source_exhausted = self.source_exhausted
         if checkpoint and self.checkpoint_on:
             self.records.checkpoint = self._checkpoint_record()
         sent = time.monotonic()
-        self.recorder.commit_chunk(
-            self.run_id,
-            self.records,
-            owner=self.owner,
-            lease_seconds=self.lease_seconds,
-            before_commit=lambda: self.faults.hit("during_commit"),
+        staged = self.recorder.stage_chunk(
+            self.run_id, self.records, owner=self.owner, lease_seconds=self.lease_seconds
         )
-        if self.keeper is not None:
-            self.keeper.extended(sent)  # the fence extended the lease
         self.stats.commits += 1
         self.progress.advance(self._rows_since_commit, run_id=self.run_id)
         self._rows_since_commit = 0
         self.records = ChunkRecords()
         self._recorded_at = now()
         self._committed_position = (self.rows_ingested, self.source_exhausted)
+        if wait:
+            self._make_durable(staged, syncs, sent)
+            return
+        if self._committer is None:
+            self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{self.run_id}")
+        self._in_flight = self._committer.submit(self._make_durable, staged, syncs, sent)
+
+    def _publish(self, name: str, final: bool) -> Callable[[], None]:
+        """Hand one sink's pending rows to the OS and record its publication for the commit.
+
+        Returns the call that makes them durable (a no-op when the sink already is: a sink
+        without ``flush_deferred``, or the final publication, which ``finish`` fsyncs).
+        """
+        sink = self.sinks[name]
+        rows = self._sink_rows[name]
+        if rows:
+            sink.write(rows)
+        sync = _durable
+        if final:
+            state = _publication_json(sink.flush())
+            publication = sink.finish()
+            state = {**_publication_json(publication), "before_finish": state}
+        else:
+            deferred = getattr(sink, "flush_deferred", None)
+            if deferred is not None:
+                publication, sync = deferred()
+            else:
+                publication = sink.flush()
+            state = _publication_json(publication)
+        self._sink_counts[name] += len(rows)
+        self._sink_rows[name] = []
+        self.records.artifacts[name] = {
+            "sink_node_id": self.graph.sinks[name].node_id,
+            "path_or_uri": publication.uri,
+            "size_bytes": publication.size_bytes,
+            "rows_written": publication.rows,
+            "content_hash": sink.content_hash() if final else None,
+            "publication_json": dumps(state),
+        }
+        self._published.add(name)
+        return sync
+
+    def _make_durable(
+        self, staged: StagedChunk, syncs: list[Callable[[], None]], sent: float
+    ) -> None:
+        """fsync the sinks and the payload pack, THEN commit the chunk's landscape transaction."""
+        try:
+            for sync in syncs:
+                sync()
+        except BaseException:
+            staged.release()
+            raise
+        staged.commit(lambda: self.faults.hit("during_commit"))
+        if self.keeper is not None:
+            self.keeper.extended(sent)  # the fence extended the lease
         self.faults.hit("after_commit")
+
+    def settle(self, *, quiet: bool = False) -> None:
+        """Wait for the commit in flight, if any, and raise its error (log it when ``quiet``)."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is None:
+            return
+        try:
+            in_flight.result()
+        except Exception:
+            if not quiet:
+                raise
+            log.exception("run %s: the last chunk commit failed", self.run_id)
 
     def _check_lease(self) -> None:
         """Stop (``LeaseLostError``) before any further effect if the run was taken over."""
@@ -1150,6 +1218,10 @@ def _publication_json(publication: Publication) -> dict[str, Any]:
         "size_bytes": publication.size_bytes,
         "state": publication.state,
     }
+
+
+def _durable() -> None:
+    return None
 
 
 def _chain_one(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -49,7 +49,7 @@ class StagingSession(RunSession):
         super().__init__(**kwargs)
         self.staged: Staged = []
 
-    def commit(self, *, checkpoint: bool = True, final: bool = False) -> None:
+    def commit(self, *, checkpoint: bool = True, final: bool = False, wait: bool = True) -> None:
         rows = {name: pending for name, pending in self._sink_rows.items() if pending}
         if self.records.is_empty() and not rows:
             return

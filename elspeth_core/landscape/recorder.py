@@ -305,6 +305,23 @@ class LandscapeRecorder:
             LeaseLostError: the lease was taken over; nothing was written.
             LandscapeError: a uniqueness rule was broken (e.g. a second terminal outcome).
         """
+        staged = self.stage_chunk(run_id, records, owner=owner, lease_seconds=lease_seconds)
+        staged.commit(before_commit)
+
+    def stage_chunk(
+        self, run_id: str, records: ChunkRecords, *, owner: str, lease_seconds: float
+    ) -> StagedChunk:
+        """Write one chunk's records into an open transaction; :meth:`StagedChunk.commit` ends it.
+
+        Every statement runs here, so the fence and the uniqueness rules are checked by the
+        caller's thread; what is left for ``commit`` is the durable COMMIT itself, which may run on
+        another thread (one at a time: the connection is not shared). Until then the transaction
+        holds the database's write lock (SQLite) or its rows' locks (PostgreSQL).
+
+        Raises:
+            LeaseLostError: the lease was taken over; nothing was written.
+            LandscapeError: a uniqueness rule was broken (e.g. a second terminal outcome).
+        """
         progress: dict[str, Any] = {}
         if records.rows_ingested is not None:
             progress["source_rows_ingested"] = records.rows_ingested
@@ -312,24 +329,22 @@ class LandscapeRecorder:
             progress["source_position_json"] = records.source_position_json
         if records.source_exhausted:
             progress["source_exhausted"] = True
+        conn = self.db.engine.connect().execution_options(elspeth_write=True)
+        transaction = conn.begin()
         try:
-            with self.db.begin() as conn:
-                self._fence(conn, run_id, owner, lease_seconds, **progress)
-                self._insert_records(conn, records)
-                self._apply_batch_updates(conn, records.batch_updates)
-                self._upsert_artifacts(conn, run_id, records.artifacts)
-                if records.checkpoint is not None:
-                    self._replace_checkpoint(conn, records.checkpoint)
-                if before_commit is not None:
-                    before_commit()
-        except IntegrityError as exc:
-            # PostgreSQL's message has a DETAIL line (the key): keep it, on the same line.
-            reason = "; ".join(part.strip() for part in str(exc.orig).splitlines() if part.strip())
-            raise LandscapeError(
-                f"landscape refused chunk of run {run_id}: {reason}",
-                hint="This is an engine invariant violation; report it with the run ID.",
-                run_id=run_id,
-            ) from exc
+            self._fence(conn, run_id, owner, lease_seconds, **progress)
+            self._insert_records(conn, records)
+            self._apply_batch_updates(conn, records.batch_updates)
+            self._upsert_artifacts(conn, run_id, records.artifacts)
+            if records.checkpoint is not None:
+                self._replace_checkpoint(conn, records.checkpoint)
+        except BaseException as exc:
+            transaction.rollback()
+            conn.close()
+            if isinstance(exc, IntegrityError):
+                raise _refused_chunk(run_id, exc) from exc
+            raise
+        return StagedChunk(run_id, conn, transaction)
 
     def _insert_records(self, conn: Connection, records: ChunkRecords) -> None:
         for table, values in (
@@ -640,3 +655,43 @@ _dumps = json.JSONEncoder(
 def dumps(value: Any) -> str:
     """Compact JSON for ``*_json`` columns."""
     return _dumps(value)
+
+
+class StagedChunk:
+    """A chunk's transaction with every statement executed, waiting for its COMMIT."""
+
+    def __init__(self, run_id: str, conn: Connection, transaction: Any) -> None:
+        self.run_id = run_id
+        self._conn = conn
+        self._transaction = transaction
+
+    def commit(self, before_commit: Callable[[], None] | None = None) -> None:
+        """Make the chunk durable (``before_commit`` runs inside the transaction, first).
+
+        Raises:
+            LandscapeError: the database refused the commit (a deferred uniqueness rule).
+        """
+        try:
+            if before_commit is not None:
+                before_commit()
+            self._transaction.commit()
+        except IntegrityError as exc:
+            raise _refused_chunk(self.run_id, exc) from exc
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Roll back if not committed and give the connection back (idempotent)."""
+        if self._transaction.is_active:
+            self._transaction.rollback()
+        self._conn.close()
+
+
+def _refused_chunk(run_id: str, exc: IntegrityError) -> LandscapeError:
+    # PostgreSQL's message has a DETAIL line (the key): keep it, on the same line.
+    reason = "; ".join(part.strip() for part in str(exc.orig).splitlines() if part.strip())
+    return LandscapeError(
+        f"landscape refused chunk of run {run_id}: {reason}",
+        hint="This is an engine invariant violation; report it with the run ID.",
+        run_id=run_id,
+    )

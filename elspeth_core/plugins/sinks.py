@@ -28,7 +28,7 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -121,14 +121,34 @@ class _FileSink:
 
     def flush(self) -> Publication:
         """Make everything written so far durable and return the publication to commit."""
+        publication, sync = self.flush_deferred()
+        sync()
+        return publication
+
+    def flush_deferred(self) -> tuple[Publication, Callable[[], None]]:
+        """``flush`` in two steps: the bytes go to the OS now; the returned call makes them
+        durable (fsync). The engine runs that call on its commit thread while it reads the next
+        rows; nothing is written to this sink until the call has returned.
+
+        Raises:
+            SinkError: the bytes could not be handed to the OS (now) or made durable (the call).
+        """
         handle = self._writable()
         try:
             handle.flush()
-            os.fsync(handle.fileno())
         except OSError as exc:
             self._broken = True
             raise SinkError(f"cannot flush {self.path}: {exc}") from exc
-        return self._publication()
+        fd = handle.fileno()
+
+        def sync() -> None:
+            try:
+                os.fsync(fd)
+            except OSError as exc:
+                self._broken = True
+                raise SinkError(f"cannot flush {self.path}: {exc}") from exc
+
+        return self._publication(), sync
 
     def finish(self) -> Publication:
         """Complete the output (idempotent), make it durable and return the final publication."""
