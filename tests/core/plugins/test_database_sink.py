@@ -255,6 +255,21 @@ def test_unknown_fields_and_non_finite_numbers_are_refused(target: str) -> None:
     assert _ledger(target) == [("r1", "orders", 1)]
 
 
+def test_a_fraction_for_an_integer_column_is_refused_never_rounded(target: str) -> None:
+    # PostgreSQL would cast 99.5 to the BIGINT column typed from the first row's 100 and store
+    # 100: a row different from the one the audit trail hashed. A whole float is stored as is.
+    sink = _sink(target)
+    sink.restore(None, run_id="r1")
+    sink.write([{"id": 1, "amount": 100}, {"id": 2, "amount": 101.0}])
+    sink.flush()
+    sink.write([{"id": 3, "amount": 7}, {"id": 4, "amount": 99.5}])
+    with pytest.raises(SinkError, match="'amount' is 99.5, but column amount .* holds integers"):
+        sink.flush()
+    sink.close()
+    assert _rows(target) == [(1, 100, "r1", 1), (2, 101, "r1", 2)]
+    assert _ledger(target) == [("r1", "orders", 2)]
+
+
 def test_writing_before_restore_or_after_finish_is_refused(target: str) -> None:
     sink = _sink(target)
     with pytest.raises(SinkError, match="call restore"):
