@@ -18,7 +18,9 @@ Life cycle: ``restore`` → (``write``* → ``flush``)* → ``finish`` → ``clo
 and its rows (a table that lacks the hidden columns is refused, not altered). The table is created
 from the first row: its fields in order, typed from their values (int → BIGINT, float → FLOAT,
 bool → BOOLEAN, anything else → TEXT; dicts and lists are stored as compact JSON). A later row with
-a field that is not a column is refused (``SinkError``); missing fields are stored as NULL.
+a field that is not a column is refused (``SinkError``), and so is a fraction for an integer
+column (PostgreSQL would round it, so the table would no longer hold the row the audit trail
+hashed); missing fields are stored as NULL.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from sqlalchemy import (
     DateTime,
     Engine,
     Float,
+    Integer,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -274,6 +277,11 @@ class DatabaseSink:
     def _values(self, table: Table, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         columns = [c.name for c in table.columns if c.name not in HIDDEN_COLUMNS]
         known = frozenset(columns)
+        integers = [
+            c.name
+            for c in table.columns
+            if c.name not in HIDDEN_COLUMNS and isinstance(c.type, Integer)
+        ]
         values = []
         for offset, row in enumerate(rows, start=self._committed + 1):
             if not row.keys() <= known:
@@ -282,6 +290,8 @@ class DatabaseSink:
                     f"row has field {extra!r} that is not a column of {self.uri} "
                     f"({', '.join(columns)})"
                 )
+            for name in integers:
+                self._check_whole(name, row.get(name))
             values.append(
                 {
                     **{name: row.get(name) for name in columns},
@@ -290,6 +300,16 @@ class DatabaseSink:
                 }
             )
         return values
+
+    def _check_whole(self, name: str, value: Any) -> None:
+        """Refuse a fraction for an integer column: PostgreSQL would round it silently."""
+        if isinstance(value, float) and not value.is_integer():
+            raise SinkError(
+                f"field {name!r} is {value}, but column {name} of {self.uri} holds integers "
+                "(it was typed from the first row); storing it would change the value",
+                hint=f"Type the field as a float in the source schema ('{name}: float') so the "
+                "column is created as FLOAT, or use another table.",
+            )
 
     def _count(self, conn: Connection) -> int:
         if self._table is None:

@@ -6,6 +6,10 @@ paths are relative to it, as in ELSPETH 0.1), so the repository is never written
 counts and outputs are computed here from each example's input file, independently of the engine;
 where an example's point is in the audit trail (which branches merged, why a batch fired, what the
 run-end export holds), that is checked in the landscape too.
+
+Every example runs on both landscape backends: verbatim on SQLite (``sqlite:///runs/audit.db``);
+on PostgreSQL, ``ELSPETH_LANDSCAPE__URL``/``__BACKEND`` point the same settings at a fresh database
+(and the database_sink example's table goes into that database too).
 """
 
 from __future__ import annotations
@@ -14,15 +18,16 @@ import csv
 import json
 import re
 import shutil
-import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from examples.generate import generate
-from tests.support.cli import REPO, query, run_cli, run_ids
+from tests.support.cli import REPO, query, run_cli, run_ids, url_query
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import assert_every_token_terminal_once, read_csv, read_jsonl
 
 EXAMPLES = REPO / "examples"
@@ -39,7 +44,7 @@ ENVIRONMENT: dict[str, dict[str, str]] = {
 }
 
 
-def _threshold_gate(root: Path) -> dict[str, int]:
+def _threshold_gate(root: Path, db: str) -> dict[str, int]:
     counts = {"normal": 0, "high": 0, "flagged": 0, "quarantine": 0}
     for row in read_csv(root / "examples/threshold_gate/input.csv"):
         try:
@@ -52,7 +57,7 @@ def _threshold_gate(root: Path) -> dict[str, int]:
     return counts
 
 
-def _boolean_routing(root: Path) -> dict[str, int]:
+def _boolean_routing(root: Path, db: str) -> dict[str, int]:
     counts = {"approved": 0, "escalated": 0, "declined": 0, "quarantine": 0}
     for row in read_csv(root / "examples/boolean_routing/applications.csv"):
         decision = row["approved"].lower()
@@ -67,7 +72,7 @@ def _boolean_routing(root: Path) -> dict[str, int]:
     return counts
 
 
-def _batch_aggregation(root: Path) -> dict[str, int]:
+def _batch_aggregation(root: Path, db: str) -> dict[str, int]:
     sales = read_csv(root / "examples/batch_aggregation/sales.csv")
     batches = read_csv(root / "examples/batch_aggregation/out/batches.csv")
     assert [int(b["count"]) for b in batches] == [10, 10, 10, 10, len(sales) - 40]
@@ -77,7 +82,7 @@ def _batch_aggregation(root: Path) -> dict[str, int]:
     return {"batches": len(batches)}
 
 
-def _deaggregation(root: Path) -> dict[str, int]:
+def _deaggregation(root: Path, db: str) -> dict[str, int]:
     shipments = read_csv(root / "examples/deaggregation/shipments.csv")
     packages = read_csv(root / "examples/deaggregation/out/packages.csv")
     expected = [(s["id"], str(i)) for s in shipments for i in range(int(s["packages"]))]
@@ -85,7 +90,7 @@ def _deaggregation(root: Path) -> dict[str, int]:
     return {"packages": len(expected)}
 
 
-def _json_explode(root: Path) -> dict[str, int]:
+def _json_explode(root: Path, db: str) -> dict[str, int]:
     orders = read_jsonl(root / "examples/json_explode/orders.jsonl")
     good = [o for o in orders if isinstance(o["items"], list)]
     items = read_jsonl(root / "examples/json_explode/out/items.jsonl")
@@ -95,7 +100,7 @@ def _json_explode(root: Path) -> dict[str, int]:
     return {"items": len(items), "bad": len(orders) - len(good)}
 
 
-def _fork_coalesce(root: Path) -> dict[str, int]:
+def _fork_coalesce(root: Path, db: str) -> dict[str, int]:
     payments = read_csv(root / "examples/fork_coalesce/payments.csv")
     large = [p for p in payments if float(p["amount"]) >= 500]
     written = read_jsonl(root / "examples/fork_coalesce/out/payments.jsonl")
@@ -105,21 +110,22 @@ def _fork_coalesce(root: Path) -> dict[str, int]:
     return {"payments": len(payments), "audit": len(large)}
 
 
-def _database_sink(root: Path) -> dict[str, int]:
+def _database_sink(root: Path, db: str) -> dict[str, int]:
     readings = read_csv(root / "examples/database_sink/readings.csv")
     faulty = [r for r in readings if "faulty" in r["note"]]
-    with sqlite3.connect(root / "examples/database_sink/out/readings.db") as conn:
-        stored = conn.execute("SELECT sensor, batch_count FROM readings ORDER BY _elspeth_seq")
-        rows = stored.fetchall()
+    # The table is in out/readings.db beside a SQLite landscape, else in the PostgreSQL one.
+    target = f"sqlite:///{root / 'examples/database_sink/out/readings.db'}"
+    if not db.startswith("sqlite"):
+        target = db
+    rows = url_query(target, "SELECT sensor, batch_count FROM readings ORDER BY _elspeth_seq")
     assert [s for s, _n in rows] == [r["sensor"] for r in readings if r not in faulty]
     assert {n for _s, n in rows[:12]} == {12}
     return {"readings": len(rows), "faulty": len(faulty)}
 
 
-def _audit_db(root: Path) -> tuple[Path, str]:
-    db = root / "runs/audit.db"
+def _run_id(db: str) -> str:
     (run_id,) = run_ids(db)
-    return db, run_id
+    return run_id
 
 
 def _payment(row: dict[str, str]) -> dict[str, object]:
@@ -131,7 +137,7 @@ def _payment(row: dict[str, str]) -> dict[str, object]:
     }
 
 
-def _coalesce_policies(root: Path) -> dict[str, int]:
+def _coalesce_policies(root: Path, db: str) -> dict[str, int]:
     payments = read_csv(root / "examples/coalesce_policies/payments.csv")
     # Branches each policy merges: quorum 2 of 3, the first to arrive, best_effort what arrived.
     merged_from = {
@@ -152,7 +158,7 @@ def _coalesce_policies(root: Path) -> dict[str, int]:
     assert written == [_payment(p) for p in payments if kind(p) != "cash"] + [
         _payment(p) for p in waiting
     ]
-    db, run_id = _audit_db(root)
+    run_id = _run_id(db)
     parents: dict[int, list[str]] = {}
     for index, branch in query(
         db,
@@ -179,7 +185,7 @@ def _coalesce_policies(root: Path) -> dict[str, int]:
     return {"payments": len(payments)}
 
 
-def _aggregation_triggers(root: Path) -> dict[str, int]:
+def _aggregation_triggers(root: Path, db: str) -> dict[str, int]:
     events = read_csv(root / "examples/aggregation_triggers/events.csv")
     windows: list[list[dict[str, str]]] = [[]]
     for event in events:
@@ -199,7 +205,7 @@ def _aggregation_triggers(root: Path) -> dict[str, int]:
         total = sum(float(m["amount"]) for m in members)
         assert float(row["sum"]) == pytest.approx(total)
         assert float(row["mean"]) == pytest.approx(total / len(members))
-    db, run_id = _audit_db(root)
+    run_id = _run_id(db)
     batches = query(
         db,
         f"""SELECT trigger_type FROM batches WHERE run_id = '{run_id}'
@@ -209,7 +215,7 @@ def _aggregation_triggers(root: Path) -> dict[str, int]:
     return {"windows": len(windows)}
 
 
-def _json_documents(root: Path) -> dict[str, int]:
+def _json_documents(root: Path, db: str) -> dict[str, int]:
     document = json.loads((root / "examples/json_documents/tickets.json").read_text("utf-8"))
     counts = {"tickets": 0, "incomplete": 0, "sensitive": 0}
     expected = []
@@ -233,7 +239,7 @@ def _json_documents(root: Path) -> dict[str, int]:
     assert written == expected
     sensitive = read_jsonl(root / "examples/json_documents/out/sensitive.jsonl")
     assert all(set(s) == {"id", "customer", "title", "text"} for s in sensitive)
-    db, run_id = _audit_db(root)
+    run_id = _run_id(db)
     destinations = query(
         db,
         f"""SELECT destination, count(*) FROM transform_errors WHERE run_id = '{run_id}'
@@ -243,7 +249,7 @@ def _json_documents(root: Path) -> dict[str, int]:
     return counts
 
 
-def _csv_dialect(root: Path) -> dict[str, int]:
+def _csv_dialect(root: Path, db: str) -> dict[str, int]:
     source = root / "examples/csv_dialect/stations.csv"
     with source.open(newline="", encoding="latin-1") as handle:
         lines = handle.readlines()[2:]  # skip_rows: 2
@@ -261,7 +267,7 @@ def _csv_dialect(root: Path) -> dict[str, int]:
     assert any(not s["city"].isascii() for s in stations)
     invalid = len(records) - len(stations)
     assert invalid > 0
-    db, run_id = _audit_db(root)  # discarded, but recorded as quarantined with the reason
+    run_id = _run_id(db)  # discarded, but recorded as quarantined with the reason
     discarded = query(db, f"SELECT count(*) FROM validation_errors WHERE run_id = '{run_id}'")
     assert discarded == [(invalid,)]
     return {sink: len(rows) for sink, rows in expected.items()}
@@ -275,7 +281,7 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def _audited_operations(root: Path) -> dict[str, int]:
+def _audited_operations(root: Path, db: str) -> dict[str, int]:
     transfers = read_csv(root / "examples/audited_operations/transfers.csv")
     flagged_memos = ("refund", "intercompany settlement")
     review = [
@@ -284,7 +290,7 @@ def _audited_operations(root: Path) -> dict[str, int]:
         if float(t["amount"]) >= 10000
         or (t["memo"] in flagged_memos and float(t["amount"]) >= 5000)
     ]
-    db, run_id = _audit_db(root)
+    run_id = _run_id(db)
     ((settings_json,),) = query(db, f"SELECT settings_json FROM runs WHERE run_id = '{run_id}'")
     recorded = json.loads(settings_json)
     assert recorded["retry"]["max_attempts"] == 5  # ELSPETH_RETRY__MAX_ATTEMPTS
@@ -308,14 +314,14 @@ def _audited_operations(root: Path) -> dict[str, int]:
     return {"cleared": len(transfers) - len(review), "review": len(review)}
 
 
-def _null_source(root: Path) -> dict[str, int]:
-    db, run_id = _audit_db(root)
+def _null_source(root: Path, db: str) -> dict[str, int]:
+    run_id = _run_id(db)
     assert query(db, f"SELECT count(*) FROM rows WHERE run_id = '{run_id}'") == [(0,)]
     assert (root / "examples/null_source/out/results.csv").read_bytes() == b""
     return {}
 
 
-EXPECTED: dict[str, Callable[[Path], dict[str, int]]] = {
+EXPECTED: dict[str, Callable[[Path, str], dict[str, int]]] = {
     "threshold_gate": _threshold_gate,
     "boolean_routing": _boolean_routing,
     "batch_aggregation": _batch_aggregation,
@@ -350,6 +356,23 @@ def root(tmp_path: Path) -> Path:
     return tmp_path
 
 
+@dataclass(frozen=True)
+class Landscape:
+    url: str  # the example run's landscape, for the test's own queries
+    env: dict[str, str]  # what points an example's settings at it (none on SQLite: verbatim)
+
+
+@pytest.fixture
+def landscape(landscapes: Landscapes, root: Path, request: pytest.FixtureRequest) -> Landscape:
+    """The examples' own ``sqlite:///runs/audit.db``, or a fresh PostgreSQL database that the
+    ``ELSPETH_LANDSCAPE__*`` overrides point the unchanged settings at."""
+    if landscapes.backend == "sqlite":
+        return Landscape(f"sqlite:///{root / 'runs' / 'audit.db'}", {})
+    url = landscapes.new(root, request=request)
+    env = {"ELSPETH_LANDSCAPE__URL": url, "ELSPETH_LANDSCAPE__BACKEND": "postgresql"}
+    return Landscape(url, env)
+
+
 def _file_rows(path: Path) -> int:
     if path.suffix == ".jsonl":
         return len(read_jsonl(path))
@@ -360,21 +383,27 @@ def _file_rows(path: Path) -> int:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs_and_produces_its_expected_counts(root: Path, name: str) -> None:
+def test_example_runs_and_produces_its_expected_counts(
+    root: Path, landscape: Landscape, name: str
+) -> None:
     before = _snapshot(REPO / "examples" / name)
     settings = f"examples/{name}/settings.yaml"
-    result = run_cli("run", "-s", settings, "-x", cwd=root, env=ENVIRONMENT.get(name))
+    env = {**landscape.env, **ENVIRONMENT.get(name, {})}
+    if name == "database_sink" and landscape.env:  # its table beside the PostgreSQL landscape
+        env["ELSPETH_SINKS__READINGS__OPTIONS__URL"] = landscape.url
+    result = run_cli("run", "-s", settings, "-x", cwd=root, env=env)
     assert result.code == 0, result.stderr
     assert "completed" in result.stdout
     reported = {m[1]: int(m[2]) for m in re.finditer(r"sink (\w+): (\d+) rows", result.stdout)}
-    expected = {sink: n for sink, n in EXPECTED[name](root).items() if n}
+    expected = {sink: n for sink, n in EXPECTED[name](root, landscape.url).items() if n}
     assert reported == expected
     export = _export_path(root / settings)
     for path in sorted((root / "examples" / name / "out").glob("*")):
         if path.is_file() and path.suffix != ".db" and path != export:
             assert _file_rows(path) == reported.get(path.stem, 0), path.name
-    (run_id,) = run_ids(root / "runs/audit.db")
-    assert_every_token_terminal_once(root / "runs/audit.db", run_id)
+    run_id = _run_id(landscape.url)
+    assert_every_token_terminal_once(landscape.url, run_id)
+    assert (root / "runs").exists() == (landscape.env == {})  # PostgreSQL: no SQLite file made
     assert _snapshot(REPO / "examples" / name) == before  # the repository was not written to
 
 

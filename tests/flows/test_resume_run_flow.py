@@ -4,7 +4,8 @@ A CLI run of an aggregation pipeline is SIGKILLed right after a batch's ``execut
 the ``resume_run`` flow then finishes it under the same run ID. The outputs must equal a
 crash-free run's byte for byte, the interrupted batch must show its failed attempt and the retry
 with the same members in the same order, and the summary artifact must count the retry. A resume
-the landscape refuses must end the flow run ``Failed`` with the refusal's message.
+the landscape refuses must end the flow run ``Failed`` with the refusal's message. Both run on
+both landscape backends (SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from tests.support.cli import assert_landscape_invariants, query, run_cli, run_ids, write_settings
 from tests.support.flow_runs import read_run_artifacts
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.pipelines import make_csv, outputs, pipeline
 
 pytestmark = pytest.mark.prefect
@@ -24,11 +26,12 @@ pytestmark = pytest.mark.prefect
 ROWS = 1_200
 
 
-def _aggregating(work: Path, source: Path) -> dict:
+def _aggregating(work: Path, source: Path, url: str) -> dict:
     return pipeline(
         work,
         source,
         interval=100,
+        landscape=url,
         aggregations=[
             {
                 "name": "stats",
@@ -49,19 +52,24 @@ async def _artifacts(flow_run_id: str) -> list:
 
 
 def test_resume_run_flow_retries_the_interrupted_batch(
-    prefect_harness: float, tmp_path: Path
+    prefect_harness: float,
+    tmp_path: Path,
+    landscapes: Landscapes,
+    request: pytest.FixtureRequest,
 ) -> None:
     from flows.run_pipeline import resume_run
 
     source = make_csv(tmp_path / "in.csv", ROWS, seed=21)
     reference = tmp_path / "reference"
     reference.mkdir()
-    settings = write_settings(reference / "settings.yaml", _aggregating(reference, source))
+    url = landscapes.new(reference, request=request)
+    settings = write_settings(reference / "settings.yaml", _aggregating(reference, source, url))
     assert run_cli("run", "-s", str(settings), "-x", cwd=reference).code == 0
 
     work = tmp_path / "crashed"
     work.mkdir()
-    settings = write_settings(work / "settings.yaml", _aggregating(work, source))
+    db = landscapes.new(work, request=request)
+    settings = write_settings(work / "settings.yaml", _aggregating(work, source, db))
     crashed = run_cli(
         "run",
         "-s",
@@ -71,11 +79,11 @@ def test_resume_run_flow_retries_the_interrupted_batch(
         env={"ELSPETH_FAULT_INJECT": "batch_executing:4"},
     )
     assert crashed.code == -signal.SIGKILL, crashed.stderr
-    db = work / "audit.db"
     (run_id,) = run_ids(db)
     assert query(db, "SELECT status FROM batches WHERE status = 'executing'") == [("executing",)]
+    assert outputs(work) != outputs(reference)  # the crash left the outputs short
 
-    state = resume_run(run_id=run_id, database=f"sqlite:///{db}", return_state=True)
+    state = resume_run(run_id=run_id, database=db, return_state=True)
 
     assert state.is_completed(), state
     assert run_ids(db) == [run_id]
@@ -103,17 +111,17 @@ def test_resume_run_flow_retries_the_interrupted_batch(
 
 
 def test_resume_run_flow_refusal_fails_the_flow_run_with_its_message(
-    prefect_harness: float, tmp_path: Path
+    prefect_harness: float, tmp_path: Path, landscape_url: str
 ) -> None:
     from flows.run_pipeline import resume_run
 
+    db = landscape_url
     source = make_csv(tmp_path / "in.csv", 50, seed=2)
-    settings = write_settings(tmp_path / "settings.yaml", _aggregating(tmp_path, source))
+    settings = write_settings(tmp_path / "settings.yaml", _aggregating(tmp_path, source, db))
     assert run_cli("run", "-s", str(settings), "-x", cwd=tmp_path).code == 0
-    db = tmp_path / "audit.db"
     before = query(db, "SELECT count(*) FROM run_attempts")
 
-    state = resume_run(run_id="01NOSUCHRUN", database=f"sqlite:///{db}", return_state=True)
+    state = resume_run(run_id="01NOSUCHRUN", database=db, return_state=True)
 
     assert state.is_failed(), state
     assert "Run not found" in (state.message or ""), state.message
