@@ -35,6 +35,7 @@ from tests.support.cli import (
     sink_files,
     url_invariants,
     url_query,
+    url_run_ids,
     write_settings,
 )
 from tests.support.flow_runs import (
@@ -135,7 +136,8 @@ def _attempts(url: str, run_id: str) -> list[tuple[Any, ...]]:
 
 async def _wait_for_committed_rows(url: str, at_least: int, timeout: float = 180.0) -> int:
     async def probe() -> int:
-        found = _runs(url)
+        # The flow-run process creates the landscape: until then there is no `runs` table.
+        found = _runs(url) if url_run_ids(url) else []
         return int(found[0][2]) if found else 0
 
     return await wait_for(
