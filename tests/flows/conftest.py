@@ -8,7 +8,7 @@ would. Tests in `test_deployments_e2e.py` and `test_prefect_ui.py` share it.
 `deployed_project_on_postgres` is the set-up the operations guide gives a team: the same
 deployments on a server whose own database is PostgreSQL (a fresh database on the session's
 throwaway cluster, `pg_server`), with two process workers on the pool. It lives for one test
-only, so it never idles next to the shared one.
+only (function scope), so it is stopped as soon as that test ends.
 
 The fixture is session-scoped so both modules share one server start-up (15-30 s), but the
 server must not idle through the rest of the suite: `pytest_runtest_teardown` stops it right
