@@ -5,6 +5,11 @@ the `process` work pool the way `deployments/setup_work_pool.py` does, starts a 
 and runs `prefect --no-prompt deploy --all` from the repository root, exactly as an operator
 would. Tests in `test_deployments_e2e.py` and `test_prefect_ui.py` share it.
 
+`deployed_project_on_postgres` is the set-up the operations guide gives a team: the same
+deployments on a server whose own database is PostgreSQL (a fresh database on the session's
+throwaway cluster, `pg_server`), with two process workers on the pool. It lives for one test
+only (function scope), so it is stopped as soon as that test ends.
+
 The fixture is session-scoped so both modules share one server start-up (15-30 s), but the
 server must not idle through the rest of the suite: `pytest_runtest_teardown` stops it right
 after the last test that uses it. Pitfall: the fixture does not change the global Prefect
@@ -22,8 +27,11 @@ from pathlib import Path
 
 import pytest
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from sqlalchemy.engine import make_url
 
 from deployments.setup_work_pool import ensure_process_pool
+from tests.support.pg_fixtures import unique_database_name
+from tests.support.pgserver import PgServer
 from tests.support.prefect_server import PrefectServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -52,17 +60,18 @@ class DeployedProject:
             self.server.stop()
 
 
-def _start() -> DeployedProject:
+def _start(*, database_url: str | None = None, workers: int = 1) -> DeployedProject:
     began = time.monotonic()
-    server = PrefectServer().start()
+    server = PrefectServer(database_url=database_url).start()
     project = DeployedProject(server, POOL)
     try:
         project.timings["server start"] = time.monotonic() - began
         with project.client_settings():
             assert ensure_process_pool(POOL) is True
             assert ensure_process_pool(POOL) is False  # idempotent
-        # The worker boots while `prefect deploy` runs; both only need the pool.
-        server.start_worker(POOL, cwd=REPO)
+        # The workers boot while `prefect deploy` runs; both only need the pool.
+        for _ in range(workers):
+            server.start_worker(POOL, cwd=REPO)
         server.cli(
             "deploy",
             "--all",
@@ -86,6 +95,25 @@ def deployed_project(request: pytest.FixtureRequest) -> Iterator[DeployedProject
         yield project
     finally:
         project.stop()
+
+
+@pytest.fixture
+def deployed_project_on_postgres(
+    pg_server: PgServer, request: pytest.FixtureRequest
+) -> Iterator[DeployedProject]:
+    """The same deployments on a PostgreSQL-backed server with two workers, for one test."""
+    name = unique_database_name(f"prefect_{request.node.name}")
+    # Prefect's server speaks asyncpg (in the lockfile as Prefect's own dependency).
+    url = make_url(pg_server.create_database(name)).set(drivername="postgresql+asyncpg")
+    try:
+        project = _start(database_url=url.render_as_string(hide_password=False), workers=2)
+        print({k: round(v, 1) for k, v in project.timings.items()})
+        try:
+            yield project
+        finally:
+            project.stop()
+    finally:
+        pg_server.drop_database(name)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

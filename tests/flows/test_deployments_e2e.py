@@ -8,6 +8,9 @@ SIGKILLed mid-way too and retried from the UI. A run whose rows
 fail for good ends `Failed` with the reason in the summary artifact and the landscape.
 
 The server, worker and deployments come from `conftest.deployed_project` (one per session).
+The SIGKILL-and-retry scenario also runs as a team shares it: the landscape on PostgreSQL and
+the Prefect server's own database on PostgreSQL too, with two workers on the pool
+(`conftest.deployed_project_on_postgres`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from sqlalchemy.engine import make_url
 
 from examples.generate import generate
 from tests.support.cli import (
@@ -35,6 +39,7 @@ from tests.support.cli import (
     sink_files,
     url_invariants,
     url_query,
+    url_run_ids,
     write_settings,
 )
 from tests.support.flow_runs import (
@@ -46,6 +51,7 @@ from tests.support.flow_runs import (
     wait_for_flow_run,
     wait_for_worker_release,
 )
+from tests.support.landscape_fixtures import Landscapes
 from tests.support.prefect_server import flow_run_pids
 
 if TYPE_CHECKING:
@@ -60,13 +66,21 @@ RUN_PIPELINE = "run_pipeline/run-pipeline"
 RESUME_RUN = "resume_run/resume-run"
 RUN_ON_DASK = "run_pipeline_partitioned/run-pipeline-dask"
 SINKS = {"normal.csv", "high.csv", "flagged.jsonl", "quarantine.jsonl"}
+# Landscape backend -> the deployed project whose server runs the flow: on "postgres" both the
+# landscape and Prefect's own database are PostgreSQL, as for a team sharing one server.
+PROJECTS = {"sqlite": "deployed_project", "postgres": "deployed_project_on_postgres"}
 
 
-def _pipeline(workdir: Path, source: Path) -> tuple[Path, str]:
-    """Write the gate pipeline's settings into `workdir`; return (settings file, landscape URL)."""
+def _pipeline(workdir: Path, source: Path, landscape: str | None = None) -> tuple[Path, str]:
+    """Write the gate pipeline's settings into `workdir`; return (settings file, landscape URL).
+
+    The landscape is `workdir/audit.db` unless `landscape` names another URL.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     data = gate_pipeline(workdir, source)
     data["checkpoint"]["checkpoint_interval"] = CHECKPOINT_INTERVAL
+    if landscape is not None:
+        data["landscape"]["url"] = landscape
     return write_settings(workdir / "settings.yaml", data), data["landscape"]["url"]
 
 
@@ -135,7 +149,8 @@ def _attempts(url: str, run_id: str) -> list[tuple[Any, ...]]:
 
 async def _wait_for_committed_rows(url: str, at_least: int, timeout: float = 180.0) -> int:
     async def probe() -> int:
-        found = _runs(url)
+        # The flow-run process creates the landscape: until then there is no `runs` table.
+        found = _runs(url) if url_run_ids(url) else []
         return int(found[0][2]) if found else 0
 
     return await wait_for(
@@ -196,20 +211,27 @@ async def _sigkill_then_retry(
     return final, run_id, str(pid)
 
 
+@pytest.mark.parametrize(
+    "backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def test_ui_retry_of_a_sigkilled_flow_run_resumes_the_same_elspeth_run(
+    backend: str,
     reference: ReferenceRun,
     source: Path,
-    deployed_project: DeployedProject,
+    request: pytest.FixtureRequest,
     tmp_path: Path,
 ) -> None:
-    settings, url = _pipeline(tmp_path / "crash", source)
+    # Reached by name, after `reference` has started: the module's first test, so the shared
+    # project's last user (conftest) is still a later test that names it.
+    project: DeployedProject = request.getfixturevalue(PROJECTS[backend])
+    landscape = Landscapes(backend, request).new(tmp_path / "crash", request=request)
+    settings, url = _pipeline(tmp_path / "crash", source, landscape)
+    assert url.startswith("sqlite:///" if backend == "sqlite" else "postgresql+psycopg://")
     timings: dict[str, float] = {}
-    with deployed_project.client_settings():
-        final, run_id, _ = asyncio.run(
-            _sigkill_then_retry(deployed_project, settings, url, timings)
-        )
+    with project.client_settings():
+        final, run_id, _ = asyncio.run(_sigkill_then_retry(project, settings, url, timings))
         artifacts, logs, tasks = asyncio.run(_observations(final.id))
-    print({k: round(v, 1) for k, v in timings.items()})
+    print(backend, {k: round(v, 1) for k, v in timings.items()})
 
     assert final.state is not None and final.state.is_completed(), final.state
     assert final.run_count == 2
@@ -241,6 +263,32 @@ def test_ui_retry_of_a_sigkilled_flow_run_resumes_the_same_elspeth_run(
     assert [a.key for a in progress] == [f"elspeth-progress-{run_id.lower()}"] * 2
     assert progress[0].data < 100 and progress[1].data == 100, [a.data for a in progress]
     assert 4 <= tasks <= 200
+    if backend == "postgres":
+        flow_runs, workers = _prefect_database(project, final.id)
+        assert flow_runs == [(2, "COMPLETED")]
+        assert workers == [("worker-1", "ONLINE"), ("worker-2", "ONLINE")]
+
+
+def _prefect_database(project: DeployedProject, flow_run_id: Any) -> tuple[list[Any], list[Any]]:
+    """Read the flow run and the pool's workers straight from the Prefect server's PostgreSQL.
+
+    Proves the server kept its state there (not in a SQLite file of its home).
+    """
+    url = make_url(project.server.database_url)
+    assert url.drivername == "postgresql+asyncpg", url.drivername
+    sync = url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+    flow_runs = url_query(
+        sync,
+        "SELECT run_count, state_type FROM flow_run WHERE id = CAST(:i AS uuid)",
+        i=str(flow_run_id),
+    )
+    workers = url_query(
+        sync,
+        "SELECT w.name, w.status FROM worker w JOIN work_pool p ON p.id = w.work_pool_id"
+        " WHERE p.name = :p ORDER BY w.name",
+        p=project.pool,
+    )
+    return flow_runs, workers
 
 
 async def _observations(flow_run_id: Any) -> tuple[list[Any], list[Any], int]:

@@ -1,7 +1,8 @@
 """A real, throwaway Prefect server (and its workers) for integration tests.
 
 `PrefectServer` runs `prefect server start` as a subprocess with its own temporary
-PREFECT_HOME and SQLite database on a free port of 127.0.0.1, so tests exercise the
+PREFECT_HOME and database (SQLite in that home, or a PostgreSQL database the caller
+created and passes as `database_url`) on a free port of 127.0.0.1, so tests exercise the
 same HTTP API, UI, scheduler and process workers that an operator would. It must not
 touch the developer's own Prefect profile or any shared server: every child process gets
 an environment built from scratch by `process_env()`, with all inherited `PREFECT_*`
@@ -63,7 +64,8 @@ class PrefectServer:
             ...
 
     Attributes:
-        home: The temporary PREFECT_HOME (also holds the database and the log files).
+        home: The temporary PREFECT_HOME (holds the log files, and the SQLite database
+            unless `database_url` names another one).
         port: The TCP port the API and UI listen on.
         startup_seconds: Wall time from spawning the server to a healthy `/api/health`.
     """
@@ -75,13 +77,21 @@ class PrefectServer:
         port: int | None = None,
         startup_timeout: float = 90.0,
         extra_env: Mapping[str, str] | None = None,
+        database_url: str | None = None,
     ) -> None:
+        """Prepare a server; nothing runs until `start()`.
+
+        Args:
+            database_url: Prefect's own database, e.g. ``postgresql+asyncpg://...`` on an
+                empty database (the server migrates it on start); SQLite in `home` when None.
+        """
         self._own_home = home is None
         self.home = Path(tempfile.mkdtemp(prefix="prefect-home-")) if home is None else home
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.startup_seconds: float | None = None
         self._extra_env = dict(extra_env or {})
+        self._database_url = database_url
         self._server: subprocess.Popen[bytes] | None = None
         self._workers: list[subprocess.Popen[bytes]] = []
         self._log_files: list[IO[bytes]] = []
@@ -103,7 +113,7 @@ class PrefectServer:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
+        return self._database_url or f"sqlite+aiosqlite:///{self.home / 'prefect.db'}"
 
     @property
     def server_log(self) -> Path:
