@@ -28,7 +28,7 @@ from elspeth_core.ids import new_id
 from elspeth_core.landscape import schema as t
 from elspeth_core.landscape.database import LandscapeDB
 from elspeth_core.landscape.records import ChunkRecords, Record
-from elspeth_core.landscape.statements import CompiledStatement, CopyInsert
+from elspeth_core.landscape.statements import CompiledStatement, CopyInsert, MultiRowInsert
 
 BATCH_STATUSES = ("draft", "executing", "completed", "failed")
 
@@ -46,6 +46,7 @@ class LandscapeRecorder:
         # PostgreSQL takes a chunk's records with COPY (several times faster than executemany).
         self._copy_inserts = db.engine.dialect.name == "postgresql"
         self._copies: dict[tuple[str, tuple[str, ...]], CopyInsert] = {}
+        self._multi_row: dict[tuple[str, tuple[str, ...]], MultiRowInsert] = {}
 
     def _compiled(
         self,
@@ -364,7 +365,7 @@ class LandscapeRecorder:
                 self._bulk_insert(conn, table, values)
 
     def _bulk_insert(self, conn: Connection, table: Any, values: list[Record]) -> None:
-        """One bulk write of ``values`` (same columns): COPY on PostgreSQL, else one executemany.
+        """One bulk write of ``values`` (same columns): COPY on PostgreSQL, else multi-row INSERTs.
 
         ``conn.execute(insert(table), values)`` re-processes every parameter dict in Python, which
         costs more than the database write itself at tens of thousands of records per second; see
@@ -376,6 +377,14 @@ class LandscapeRecorder:
             if copier is None:
                 copier = self._copies[(table.name, keys)] = CopyInsert(table, conn.dialect, keys)
             copier.executemany(conn, values)
+            return
+        if len(values) >= MultiRowInsert.ROWS:
+            many = self._multi_row.get((table.name, keys))
+            if many is None:
+                many = self._multi_row[(table.name, keys)] = MultiRowInsert(
+                    table, conn.dialect, keys
+                )
+            many.executemany(conn, values)
             return
         statement = self._compiled(("insert", table.name, keys), lambda: insert(table), keys)
         statement.executemany(conn, values)

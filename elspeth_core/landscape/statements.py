@@ -20,10 +20,11 @@ same stored values.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from itertools import chain
 from operator import is_, itemgetter
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table
+from sqlalchemy import Connection, CursorResult, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ClauseElement
@@ -55,16 +56,10 @@ class CompiledStatement:
         dialect: Dialect,
         column_keys: Sequence[str] | None = None,
     ) -> None:
-        style = _POSITIONAL_STYLE.get(dialect.driver)
-        if style is None:
-            raise ValueError(f"driver {dialect.driver} has no known positional style: unsupported")
-        text_dialect = dialect
-        if dialect.paramstyle != style:
-            text_dialect = cast(Any, type(dialect))(paramstyle=style)
         compiled = cast(
             SQLCompiler,
             statement.compile(
-                dialect=text_dialect,
+                dialect=_positional(dialect),
                 column_keys=list(column_keys) if column_keys is not None else None,
             ),
         )
@@ -88,6 +83,41 @@ class CompiledStatement:
     def tuples(self, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """The rows as the driver's parameter tuples: in statement order, processors applied."""
         return values_in_order(rows, self.names, self._processors)
+
+
+class MultiRowInsert:
+    """An INSERT of many rows per statement (``VALUES (...), (...), ...``), for SQLite.
+
+    SQLite runs one statement per row of an ``executemany``; one statement for ``ROWS`` rows
+    costs about a quarter less per record (measured on the node-state table), and the commit hot
+    path inserts thousands of records per chunk. A chunk's remainder (fewer than ``ROWS`` rows) goes
+    through the one-row statement. Values are those of :class:`CompiledStatement` for the same
+    columns: the same bind processors, the same stored values.
+    """
+
+    ROWS = 64
+
+    def __init__(self, table: Table, dialect: Dialect, column_keys: Sequence[str]) -> None:
+        self.single = CompiledStatement(insert(table), dialect, column_keys)
+        names = self.single.names
+        many = insert(table).values(
+            [{name: bindparam(f"r{i}_{name}") for name in names} for i in range(self.ROWS)]
+        )
+        compiled = cast(SQLCompiler, many.compile(dialect=_positional(dialect)))
+        expected = [f"r{i}_{name}" for i in range(self.ROWS) for name in names]
+        if list(compiled.positiontup or ()) != expected:  # never: the order is the column order
+            raise ValueError(f"unexpected parameter order for a multi-row insert into {table}")
+        self.sql = str(compiled)
+
+    def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert ``rows`` (each has at least the statement's columns)."""
+        values = self.single.tuples(rows)
+        step = self.ROWS
+        whole = len(values) - len(values) % step
+        for start in range(0, whole, step):
+            conn.exec_driver_sql(self.sql, tuple(chain.from_iterable(values[start : start + step])))
+        if whole < len(values):
+            conn.exec_driver_sql(self.single.sql, values[whole:])
 
 
 class CopyInsert:
@@ -119,6 +149,16 @@ class CopyInsert:
         except conn.dialect.loaded_dbapi.IntegrityError as exc:
             # What conn.execute would raise, so callers handle one exception type.
             raise IntegrityError(self.sql, None, exc) from exc
+
+
+def _positional(dialect: Dialect) -> Dialect:
+    """``dialect`` with the positional parameter style its driver understands."""
+    style = _POSITIONAL_STYLE.get(dialect.driver)
+    if style is None:
+        raise ValueError(f"driver {dialect.driver} has no known positional style: unsupported")
+    if dialect.paramstyle == style:
+        return dialect
+    return cast(Dialect, cast(Any, type(dialect))(paramstyle=style))
 
 
 def values_in_order(

@@ -262,3 +262,50 @@ def test_a_row_id_is_recorded_once(recorder: LandscapeRecorder, landscape_url: s
     with pytest.raises(LandscapeError):
         _commit(recorder, ChunkRecords(rows=[again], rows_ingested=2))
     assert url_query(landscape_url, "SELECT row_id, row_index FROM rows") == [("row-0", 0)]
+
+
+def test_a_large_chunk_is_stored_record_for_record(
+    recorder: LandscapeRecorder, landscape_url: str
+) -> None:
+    """150 records a table: SQLite writes them 64 to a statement plus a remainder of 22."""
+    count = 150
+    pairs = [_row_and_token(i) for i in range(count)]
+    outcomes = [
+        _outcome(f"tok-{i}-t", f"tok-{i}", "completed" if i % 3 else "failed", True)
+        for i in range(count)
+    ]
+    _commit(
+        recorder,
+        ChunkRecords(
+            rows=[row for row, _token in pairs],
+            tokens=[token for _row, token in pairs],
+            token_outcomes=outcomes,
+            rows_ingested=count,
+        ),
+    )
+    rows = url_query(
+        landscape_url,
+        "SELECT row_index, row_id, token_id FROM rows JOIN tokens USING (row_id) "
+        "WHERE rows.run_id = :r ORDER BY row_index",
+        r=RUN,
+    )
+    assert rows == [(i, f"row-{i}", f"tok-{i}") for i in range(count)]
+    stored = url_query(
+        landscape_url,
+        "SELECT token_id, outcome, is_terminal, sink_name FROM token_outcomes WHERE run_id = :r",
+        r=RUN,
+    )
+    assert sorted((t, o, bool(term), s) for t, o, term, s in stored) == sorted(
+        (o["token_id"], o["outcome"], True, o["sink_name"]) for o in outcomes
+    )
+
+
+def test_a_duplicate_inside_a_large_chunk_rolls_the_whole_chunk_back(
+    recorder: LandscapeRecorder, landscape_url: str
+) -> None:
+    pairs = [_row_and_token(i) for i in range(150)]
+    rows = [row for row, _token in pairs]
+    rows[100] = {**rows[100], "row_index": 3}  # the second 64-row statement breaks the rule
+    with pytest.raises(LandscapeError):
+        _commit(recorder, ChunkRecords(rows=rows, rows_ingested=150))
+    assert url_query(landscape_url, "SELECT count(*) FROM rows WHERE run_id = :r", r=RUN) == [(0,)]
