@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -90,6 +91,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 MAX_ROWS_PER_COMMIT = 10_000
+COMMIT_THREAD_SWITCH_INTERVAL = 0.0001  # seconds; see RunSession.commit
 
 
 def now() -> datetime:
@@ -171,6 +173,7 @@ class RunSession:
         self._sink_counts: dict[str, int] = {name: 0 for name in graph.sinks}
         self._published: set[str] = set()
         self._committer: ThreadPoolExecutor | None = None
+        self._switch_interval = sys.getswitchinterval()
         self._in_flight: Future[None] | None = None
         payloads.open_pack(run_id, attempt)
 
@@ -243,6 +246,7 @@ class RunSession:
         if self._committer is not None:
             self._committer.shutdown()
             self._committer = None
+            sys.setswitchinterval(self._switch_interval)
         for sink in self.sinks.values():
             sink.close()
         self.payloads.close()
@@ -1023,6 +1027,11 @@ class RunSession:
             return
         if self._committer is None:
             self._committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{self.run_id}")
+            # The commit thread needs the GIL back after each fsync and the COMMIT; at the
+            # default 5 ms switch interval it would wait that long each time while this thread
+            # computes (a 100k-row run: 13 s against 9.3 s at 0.1 ms). Restored by close().
+            self._switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self._switch_interval, COMMIT_THREAD_SWITCH_INTERVAL))
         self._in_flight = self._committer.submit(self._make_durable, staged, syncs, sent)
 
     def _publish(self, name: str, final: bool) -> Callable[[], None]:

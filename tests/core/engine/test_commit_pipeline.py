@@ -9,7 +9,12 @@ run resumes to the outputs of a run that never failed. The failing sink is a thi
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.support.cli import query
 from tests.support.pipelines import (
@@ -95,3 +100,32 @@ def test_a_failed_fsync_fails_the_run_before_its_chunk_is_recorded_and_resume_co
     assert query(landscape_url, f"SELECT status FROM runs WHERE run_id = '{run_id}'") == [
         ("completed",)
     ]
+
+
+def test_the_process_switch_interval_is_lowered_only_while_a_run_commits(tmp_path: Path) -> None:
+    """The commit thread lowers the interpreter's switch interval (it must get the GIL back
+    quickly after each fsync); the host process (a Prefect flow, a notebook) gets its own back."""
+    from elspeth_core.cli.app import app
+    from elspeth_core.engine import session
+
+    source = make_csv(tmp_path / "in.csv", ROWS)
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(
+        json.dumps(_data(tmp_path, source, f"sqlite:///{tmp_path}/a.db", "csv")), encoding="utf-8"
+    )
+    seen: list[float] = []
+    original_write = session.RunSession._publish
+
+    def publish(self: session.RunSession, name: str, final: bool) -> Any:
+        seen.append(sys.getswitchinterval())
+        return original_write(self, name, final)
+
+    before = sys.getswitchinterval()
+    session.RunSession._publish = publish  # type: ignore[method-assign]
+    try:
+        app(["run", "-s", str(settings), "-x"], standalone_mode=False)
+    finally:
+        session.RunSession._publish = original_write  # type: ignore[method-assign]
+    assert sys.getswitchinterval() == before
+    assert min(seen) == pytest.approx(session.COMMIT_THREAD_SWITCH_INTERVAL)
+    assert before > session.COMMIT_THREAD_SWITCH_INTERVAL
