@@ -43,7 +43,10 @@ def reference(tmp_path_factory: pytest.TempPathFactory, input_csv: Path) -> dict
 def _wait_for_rows(url: str, minimum: int, proc: object, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = url_query(url, "SELECT coalesce(max(source_rows_ingested), 0) FROM runs")
+        # Until the run's process has created the landscape there is no runs table to read.
+        found = url_run_ids(url) and url_query(
+            url, "SELECT coalesce(max(source_rows_ingested), 0) FROM runs"
+        )
         if found and found[0][0] >= minimum:
             return
         assert proc.poll() is None, "run ended before the restart"  # type: ignore[attr-defined]
