@@ -4,6 +4,11 @@ Stages are tasks over chunks of rows (never a task per row): ``begin`` → ``pro
 ``finalize``. Tasks return small values (IDs, counts). The landscape is the source of truth: a
 retried flow run (Retry in the UI: same flow-run ID, ``run_count`` > 1) finds the landscape run it
 started and resumes it under the same run ID instead of starting over.
+
+Pitfall: the tasks never persist their results, whatever Prefect's defaults say. With results
+persisted by default, Prefect's default cache policy (inputs + flow run) would answer a second
+``process-chunk`` with equal arguments from the first one's result without reading a row, and a
+retried flow run's ``begin-run`` from the cache without opening the run in the new process.
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ class _FlowLogProgress:
         logging.getLogger("elspeth_core").info(message)
 
 
-@task(name="begin-run")
+@task(name="begin-run", persist_result=False)
 def begin_run_task(
     settings_path: str | None, settings: dict[str, Any] | None, flow_run_id: str | None
 ) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def begin_run_task(
     }
 
 
-@task(name="resume-run")
+@task(name="resume-run", persist_result=False)
 def resume_run_task(run_id: str, database: str | None, flow_run_id: str | None) -> dict[str, Any]:
     """Take over a landscape run by ID (``resume_run`` flow)."""
     from elspeth_core.cli.common import DEFAULT_DATABASE
@@ -119,7 +124,7 @@ def resume_run_task(run_id: str, database: str | None, flow_run_id: str | None) 
     }
 
 
-@task(name="process-chunk")
+@task(name="process-chunk", persist_result=False)
 def process_chunk_task(run_id: str, max_rows: int) -> dict[str, Any]:
     """Process up to ``max_rows`` source rows (commits inside); returns counts only."""
     open_run = recall(run_id)
@@ -144,7 +149,7 @@ def process_chunk_task(run_id: str, max_rows: int) -> dict[str, Any]:
     }
 
 
-@task(name="finalize-run")
+@task(name="finalize-run", persist_result=False)
 def finalize_task(run_id: str) -> dict[str, Any]:
     """Flush open batches, complete the sinks, mark the run completed or failed."""
     open_run = forget(run_id)

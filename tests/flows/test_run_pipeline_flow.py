@@ -190,3 +190,47 @@ def test_failed_rows_fail_the_flow_run_with_the_reason(
     artifacts, _ = asyncio.run(_artifacts_and_tasks(flow_run_id))
     summary = next(a for a in artifacts if a.type == "markdown")
     assert "| failed | 20 |" in summary.data
+
+
+def test_chunk_tasks_run_even_where_results_are_persisted_by_default(
+    prefect_harness: float, tmp_path: Path
+) -> None:
+    """Two chunk tasks with equal arguments in one flow run both read rows.
+
+    With ``PREFECT_RESULTS_PERSIST_BY_DEFAULT`` on (an operator's choice), Prefect's default cache
+    policy would key a task run on its inputs and the flow run, so the second ``(run_id, 500)``
+    chunk would return the first one's counts without reading a row. The landscape, not a Prefect
+    result, says where a run stands.
+    """
+    from prefect import flow
+    from prefect.settings import (
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_RESULTS_PERSIST_BY_DEFAULT,
+        temporary_settings,
+    )
+
+    from flows.run_pipeline import begin_run_task, finalize_task, process_chunk_task
+
+    source = tmp_path / "in.csv"
+    generate(str(source), 1_500, seed=5, bad_every=0)
+
+    @flow(persist_result=False)  # the tasks, not this test flow, are under test
+    def equal_chunks(settings: dict) -> tuple[dict, dict, dict]:
+        run_id = begin_run_task(None, settings, None)["run_id"]
+        first = process_chunk_task(run_id, 500)
+        second = process_chunk_task(run_id, 500)
+        assert process_chunk_task(run_id, 10_000)["exhausted"]
+        return first, second, finalize_task(run_id)
+
+    with temporary_settings(
+        updates={
+            PREFECT_RESULTS_PERSIST_BY_DEFAULT: True,
+            PREFECT_LOCAL_STORAGE_PATH: tmp_path / "prefect-results",
+        }
+    ):
+        first, second, result = equal_chunks(gate_pipeline(tmp_path, source))
+    assert (first["rows_ingested"], second["rows_ingested"]) == (500, 1_000)
+    assert result["status"] == "completed"
+    (run_id,) = run_ids(tmp_path / "audit.db")
+    assert_landscape_invariants(tmp_path / "audit.db", run_id, 1_500)
+    assert not list((tmp_path / "prefect-results").glob("*"))  # nothing of a run kept in Prefect
