@@ -110,6 +110,7 @@ class Bench:
         self.output_digests: dict[str, dict[str, str]] = {}  # by result id: completed engine runs
         self._pg: Any = None
         self._prefect: Any = None
+        self._prefect_startup: float | None = None
         self._databases = 0
 
     # ------------------------------------------------------------------ services
@@ -133,11 +134,18 @@ class Bench:
 
     @property
     def prefect_startup_seconds(self) -> float | None:
-        return getattr(self._prefect, "startup_seconds", None)
+        return self._prefect_startup
+
+    def stop_prefect(self) -> None:
+        """Stop the Prefect server after the flow steps: idle, it still takes about 15 % of a
+        core, which the measurements after it would pay for (a later flow step starts it again)."""
+        if self._prefect is not None:
+            self._prefect_startup = getattr(self._prefect, "startup_seconds", None)
+            self._prefect.stop()
+            self._prefect = None
 
     def close(self) -> None:
-        if self._prefect is not None:
-            self._prefect.stop()
+        self.stop_prefect()
         if self._pg is not None:
             self._pg.stop()
 
