@@ -378,7 +378,7 @@ class LandscapeRecorder:
                 copier = self._copies[(table.name, keys)] = CopyInsert(table, conn.dialect, keys)
             copier.executemany(conn, values)
             return
-        if len(values) >= MultiRowInsert.ROWS:
+        if len(values) > 1:
             many = self._multi_row.get((table.name, keys))
             if many is None:
                 many = self._multi_row[(table.name, keys)] = MultiRowInsert(
