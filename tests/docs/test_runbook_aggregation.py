@@ -47,7 +47,12 @@ STATS = {
     "options": {"value_field": "amount", "group_by": "status"},
 }
 AFTER_EXECUTING = "batch_executing:4"  # the 4th batch is marked executing, then the kill
-WHILE_BUFFERING = "source_read:350"  # 30 members of the 4th batch committed (every 30 rows)
+# Killed right after the commit of rows 301-330: 30 members of the 4th batch are durable. A kill
+# while reading a row would leave that commit possibly in flight on the commit thread. The commits
+# up to it: the sinks' starting point (1); rows 30, 60, 90 (2-4); batch 1 at row 100, before and
+# after it runs (5, 6); rows 130, 160, 190 (7-9); batch 2 (10, 11); rows 230, 260, 290 (12-14);
+# batch 3 (15, 16); rows 301-330 (17).
+WHILE_BUFFERING = "after_commit:17"
 URL = "sqlite:///runs/audit.db"
 
 

@@ -28,6 +28,7 @@ from tests.support.cli import (
     sink_files,
     url_invariants,
     url_query,
+    url_run_ids,
     write_settings,
 )
 
@@ -214,9 +215,9 @@ def _duplicate_rows(url: str, run_id: str) -> list[tuple]:
 
 def _published(url: str) -> tuple[str, int, str | None, str] | None:
     """(run_id, rows published, source position, status) of the only run, or None."""
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return None
     try:
+        if not url_run_ids(url):  # the flow process has not created the landscape or run yet
+            return None
         found = url_query(
             url, "SELECT run_id, source_rows_ingested, source_position_json, status FROM runs"
         )
