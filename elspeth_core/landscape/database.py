@@ -14,7 +14,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, func, inspect, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    RootTransaction,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+)
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import StaticPool
@@ -84,10 +93,22 @@ class LandscapeDB:
         on the busy timeout instead of one failing when it upgrades a read lock. Reads through
         ``connect()`` never take the write lock.
         """
-        with self.engine.connect() as conn:
-            conn = conn.execution_options(elspeth_write=True)
-            with conn.begin():
-                yield conn
+        conn, transaction = self.open_write()
+        try:
+            yield conn
+        except BaseException:
+            transaction.rollback()
+            raise
+        else:
+            transaction.commit()
+        finally:
+            conn.close()
+
+    def open_write(self) -> tuple[Connection, RootTransaction]:
+        """A connection with a write transaction begun (as in :meth:`begin`), for a caller that
+        commits it later, possibly from another thread; it must roll back or commit, then close."""
+        conn = self.engine.connect().execution_options(elspeth_write=True)
+        return conn, conn.begin()
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -19,7 +19,18 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    RootTransaction,
+    and_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import ClauseElement
 
@@ -330,8 +341,7 @@ class LandscapeRecorder:
             progress["source_position_json"] = records.source_position_json
         if records.source_exhausted:
             progress["source_exhausted"] = True
-        conn = self.db.engine.connect().execution_options(elspeth_write=True)
-        transaction = conn.begin()
+        conn, transaction = self.db.open_write()
         try:
             self._fence(conn, run_id, owner, lease_seconds, **progress)
             self._insert_records(conn, records)
@@ -669,7 +679,7 @@ def dumps(value: Any) -> str:
 class StagedChunk:
     """A chunk's transaction with every statement executed, waiting for its COMMIT."""
 
-    def __init__(self, run_id: str, conn: Connection, transaction: Any) -> None:
+    def __init__(self, run_id: str, conn: Connection, transaction: RootTransaction) -> None:
         self.run_id = run_id
         self._conn = conn
         self._transaction = transaction
