@@ -8,11 +8,11 @@ silently. This module must not import anything else of the project but ``errors`
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from typing import Any
 
+import orjson
 import rfc8785
 
 from elspeth_core.errors import CanonicalizationError
@@ -23,18 +23,18 @@ _SAFE_INT = 2**53 - 1
 _MAX_FAST_DEPTH = 8
 _STR = frozenset({str})
 _AT_OR_ABOVE_SURROGATES = re.compile("[\ud800-\U0010ffff]")
-_json_fast = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode
 
 
 def _fast_path_ok(value: Any, depth: int = 0) -> bool:
-    """True when Python's json output is RFC 8785 canonical for ``value``, strings aside.
+    """True when orjson's output (sorted keys) is RFC 8785 canonical for ``value``, strings aside.
 
     That holds for dicts (str keys) and lists, nested up to ``_MAX_FAST_DEPTH``, of str, bool,
-    None, integers within +/-(2**53 - 1) and non-integral floats with 1e-4 <= |x| < 1e15: Python's
-    repr of such a float equals ECMAScript's Number-to-string (no exponent in either, same
-    shortest round-trip digits). Strings (keys included) are checked on the encoded text by the
-    caller: sort order by code point equals UTF-16 order, and both encoders escape the same
-    characters the same way, as long as no character is at or above U+D800.
+    None, integers within +/-(2**53 - 1) and non-integral floats with 1e-4 <= |x| < 1e15: orjson's
+    shortest round-trip form of such a float equals ECMAScript's Number-to-string (no exponent in
+    either, same digits). Strings (keys included) are checked on the encoded text by the caller:
+    orjson sorts keys by code point, which equals UTF-16 order, and escapes exactly the characters
+    RFC 8785 escapes, the same way, as long as no character is at or above U+D800 (orjson refuses
+    lone surrogates outright).
     """
     kind = type(value)
     if kind is dict:
@@ -81,9 +81,13 @@ def canonical_json(value: Any) -> bytes:
         CanonicalizationError: for NaN, +/-Infinity or a type JSON cannot represent.
     """
     if _fast_path_ok(value):
-        text = _json_fast(value)
-        if _below_surrogates(text):
-            return text.encode("utf-8")
+        try:
+            data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:  # a lone surrogate: the reference path decides
+            data = None
+        # About 10x faster than the json module's encoder, which costs more than the SHA-256.
+        if data is not None and (data.isascii() or _below_surrogates(data.decode("utf-8"))):
+            return data
     try:
         return rfc8785.dumps(value)
     except (rfc8785.FloatDomainError, ValueError) as exc:

@@ -42,6 +42,24 @@ class UTCDateTime(TypeDecorator[datetime]):
                 value = value.replace(tzinfo=None)
         return value
 
+    def bind_processor(self, dialect: Any) -> Any:
+        """On SQLite, datetimes become their stored text with one C call (``isoformat``) instead of
+        SQLAlchemy's %-formatting, which cost about 3 % of a run (a timestamp per source row).
+        The text is the one SQLAlchemy's SQLite DATETIME stores (``YYYY-MM-DD HH:MM:SS.ffffff``,
+        UTC); anything but a datetime goes through the default processor."""
+        default = super().bind_processor(dialect)
+        if dialect.name != "sqlite" or default is None:
+            return default
+
+        def process(value: Any) -> Any:
+            if type(value) is datetime:
+                if value.tzinfo is not None:
+                    value = value.astimezone(UTC).replace(tzinfo=None)
+                return value.isoformat(" ", "microseconds")
+            return default(value)
+
+        return process
+
     def process_result_value(self, value: Any, dialect: Any) -> Any:
         if value is not None and value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
