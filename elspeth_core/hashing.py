@@ -22,6 +22,7 @@ CANONICAL_VERSION = "sha256-rfc8785-v1"
 _SAFE_INT = 2**53 - 1
 _MAX_FAST_DEPTH = 8
 _STR = frozenset({str})
+_PLAIN = frozenset({str, bool, type(None)})
 _AT_OR_ABOVE_SURROGATES = re.compile("[\ud800-\U0010ffff]")
 
 
@@ -45,6 +46,8 @@ def _fast_path_ok(value: Any, depth: int = 0) -> bool:
         items = value
     else:
         return False
+    if set(map(type, items)) <= _PLAIN:  # a source's raw row: strings only, checked in C
+        return True
     for item in items:
         kind = type(item)
         if kind is str or kind is bool or item is None:
@@ -113,6 +116,18 @@ def _describe_bad_float(value: Any, path: str = "$") -> str | None:
             if found:
                 return found
     return None
+
+
+def plain_json(value: Any) -> bytes | None:
+    """Compact JSON of ``value`` in its own key order, with orjson, when that is exactly what
+    ``json.dumps(value, ensure_ascii=False, separators=(",", ":"))`` would give as UTF-8 (the
+    fast path's types; see :func:`_fast_path_ok`); None otherwise (the caller uses ``json``)."""
+    if not _fast_path_ok(value):
+        return None
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:  # a lone surrogate
+        return None
 
 
 def stable_hash(value: Any) -> str:

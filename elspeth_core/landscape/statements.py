@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy import Connection, CursorResult, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
 
@@ -120,15 +120,30 @@ class MultiRowInsert:
         return found
 
     def executemany(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
-        """Insert ``rows`` (each has at least the statement's columns)."""
+        """Insert ``rows`` (each has at least the statement's columns).
+
+        The statements go straight to a cursor of the connection's driver connection, in its
+        transaction: ``exec_driver_sql`` adds about 20 µs a statement of bookkeeping this path
+        does not use (no result, no events). Driver errors are wrapped as ``exec_driver_sql``
+        would wrap them (an ``IntegrityError`` stays an ``IntegrityError``).
+        """
         values = self.single.tuples(rows)
         start, size = 0, self.ROWS
-        while start < len(values):
-            while start + size > len(values):
-                size //= 2
-            group = values[start : start + size]
-            conn.exec_driver_sql(self._statement(size), tuple(chain.from_iterable(group)))
-            start += size
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        sql = ""
+        try:
+            while start < len(values):
+                while start + size > len(values):
+                    size //= 2
+                sql = self._statement(size)
+                cursor.execute(sql, tuple(chain.from_iterable(values[start : start + size])))
+                start += size
+        except conn.dialect.loaded_dbapi.Error as exc:
+            raise DBAPIError.instance(
+                sql, None, exc, conn.dialect.loaded_dbapi.Error, dialect=conn.dialect
+            ) from exc
+        finally:
+            cursor.close()
 
 
 class CopyInsert:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import random
 
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from elspeth_core.errors import CanonicalizationError
-from elspeth_core.hashing import _fast_path_ok, canonical_json, stable_hash
+from elspeth_core.hashing import _fast_path_ok, canonical_json, plain_json, stable_hash
 
 # Every code point, lone surrogates included, with the troublesome ones made frequent.
 _chars = st.one_of(
@@ -144,3 +145,20 @@ def test_fast_path_floats_print_as_ecmascript_numbers() -> None:
         row = {"amount": x, "id": rng.randrange(-(2**53) + 1, 2**53), "é": "€"}
         if _fast_path_ok(row):
             assert canonical_json(row) == rfc8785.dumps(row), x
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.one_of(_json, st.dictionaries(_text, _scalars, max_size=6)))
+def test_plain_json_is_the_json_modules_bytes_or_none(value: object) -> None:
+    fast = plain_json(value)
+    if fast is not None:
+        expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        assert fast == expected.encode("utf-8")
+        assert json.loads(fast) == value
+
+
+def test_plain_json_keeps_key_order_and_handles_raw_rows() -> None:
+    row = {"z": "1", "a": "two", "m": "é\u2028\x00"}
+    assert plain_json(row) == json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode()
+    assert plain_json({"x": 1.0}) is None  # integral float: json's 1.0, not orjson's decision
+    assert plain_json({"s": "\ud800"}) is None  # a lone surrogate
