@@ -19,6 +19,7 @@ from elspeth_core.errors import RunNotFound
 from elspeth_core.export.exceptions import ExportError
 from elspeth_core.export.formats import FORMAT, FORMATS, ExportWriter
 from elspeth_core.export.signing import SignatureChain, key_id, signing_key
+from elspeth_core.files import fsync_directory
 from elspeth_core.hashing import CANONICAL_VERSION
 from elspeth_core.landscape import LandscapeDB, LandscapeQueries
 from elspeth_core.landscape.access import safe_url
@@ -89,7 +90,7 @@ def write_export(
         partial.unlink(missing_ok=True)
         raise
     os.replace(partial, path)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
     return path, manifest
 
 
@@ -172,16 +173,3 @@ def export_command_for(run_id: str, settings: ElspethSettings, database_url: str
         parts.append("--sign")
     parts += ["--database", shlex.quote(safe_url(database_url))]
     return " ".join(parts)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -35,6 +35,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from elspeth_core.errors import ConfigError, SinkError
+from elspeth_core.files import fsync_directory
 from elspeth_core.plugins.protocols import PluginConfig, Publication, Row, validated_options
 
 _BUFFER_BYTES = 1 << 20
@@ -222,7 +223,7 @@ class _FileSink:
             handle = _open_binary(self.path, "w+")
         except OSError as exc:
             raise SinkError(f"cannot create output file {self.path}: {exc}") from exc
-        _fsync_directory(self.path.parent)
+        fsync_directory(self.path.parent)
         return handle
 
     def _resume(self, publication: Publication) -> None:
@@ -449,20 +450,6 @@ def _state_int(state: Mapping[str, Any], key: str, path: Path) -> int:
     if type(value) is not int or value < 0:
         raise SinkError(f"publication state for {path} has no valid {key!r} (got {value!r})")
     return value
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a newly created file's directory entry durable (best effort where unsupported)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _infer_format(path: str) -> Literal["json", "jsonl"]:
