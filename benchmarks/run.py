@@ -381,6 +381,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--keep", action="store_true", help="keep run directories")
     parser.add_argument(
+        "--large-only",
+        action="store_true",
+        help="only the largest size's measurements (baselines, CLI, flow, crashes, PostgreSQL), "
+        "with no time budget unless --budget is given: the large runs a slow machine's "
+        "budgeted plan skipped",
+    )
+    parser.add_argument(
         "--budget",
         type=float,
         default=None,
@@ -401,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sizes = tuple(args.rows) if args.rows else (QUICK_SIZES if args.quick else FULL_SIZES)
     if args.budget is None:
-        args.budget = 0 if args.quick else DEFAULT_BUDGET_SECONDS
+        args.budget = 0 if args.quick or args.large_only else DEFAULT_BUDGET_SECONDS
     plan = Plan(
         sizes=sizes,
         workloads=workloads,
@@ -409,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         postgres=not (args.quick or args.no_postgres),
         flow=not args.no_flow,
     )
-    name = args.name or ("quick" if args.quick else "full")
+    name = args.name or ("quick" if args.quick else "large" if args.large_only else "full")
     args.workdir.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("DO_NOT_TRACK", "1")
     began, load_start = time.perf_counter(), load_average()
@@ -423,8 +430,11 @@ def main(argv: list[str] | None = None) -> int:
             input_path(args.workdir, kind, rows)
     bench = Bench(args.workdir, keep=args.keep)
     deadline = began + args.budget if args.budget > 0 else None
+    planned = steps(plan, bench)
+    if args.large_only:
+        planned = [step for step in planned if step.skipped.rows == plan.large]
     try:
-        for step in steps(plan, bench):
+        for step in planned:
             print(f"  {step.label} ...", end=" ", flush=True)
             expected = step.estimate(Results(bench.results)) if step.estimate else None
             left = deadline - time.perf_counter() if deadline is not None else None

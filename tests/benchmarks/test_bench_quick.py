@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.support.cli import REPO, cli_env
 
 
@@ -52,3 +54,74 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
     assert flow["status"] == "ok", flow
     assert flow["rows_per_second"] > 0
     assert {t["name"] for t in document["targets"]}, "targets are evaluated"
+
+
+def test_large_only_runs_just_the_largest_size(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--rows",
+            "300",
+            "1200",
+            "--workloads",
+            "A",
+            "--large-only",
+            "--no-postgres",
+            "--no-flow",
+            "--output",
+            str(out),
+            "--workdir",
+            str(tmp_path / "work"),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    document = json.loads((out / "large.json").read_text())
+    results = {r["id"]: r for r in document["results"]}
+    assert set(results) == {
+        "A/1200/baseline",
+        "A/1200/sqlite/cli/default",
+        "A/1200/sqlite/resume@90%",
+        "A/1200/sqlite/resume@50%",
+    }
+    assert all(r["status"] == "ok" for r in results.values()), results
+    assert results["A/1200/sqlite/resume@90%"]["extra"]["outputs_match_full_run"] is True
+
+
+@pytest.mark.prefect
+def test_dask_step_keeps_to_its_budget(tmp_path: Path) -> None:
+    """With no time left, the first 1-worker/2-worker pair still runs; the rest is skipped."""
+    output = tmp_path / "dask.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.dask_speedup",
+            "--rows",
+            "40",
+            "--rounds",
+            "10",
+            "--budget",
+            "1",
+            "--output",
+            str(output),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    document = json.loads(output.read_text())
+    assert set(document["samples"]["seconds"]) == {"dask-1", "dask-2"}
+    assert document["skipped"] == ["dask-1", "dask-2", "cli"]
+    assert document["dask_2_over_cli"] is None
+    assert document["outputs_identical"] is True
