@@ -17,19 +17,10 @@ import pytest
 from tests.support.cli import REPO, cli_env
 
 
-def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
-    out = tmp_path / "results"
+def _run_module(module: str, *args: str) -> None:
+    """``python -m module args`` from the repository, as ``make bench`` runs it; must succeed."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--quick",
-            "--output",
-            str(out),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
+        [sys.executable, "-m", module, *args],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
@@ -37,6 +28,18 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+
+def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    _run_module(
+        "benchmarks.run",
+        "--quick",
+        "--output",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
+    )
     document = json.loads((out / "quick.json").read_text())
     assert document["mode"] == "quick"
     assert set(document["workloads"]) == {"A", "B", "C"}
@@ -58,31 +61,21 @@ def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
 
 def test_large_only_runs_just_the_largest_size(tmp_path: Path) -> None:
     out = tmp_path / "results"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--rows",
-            "300",
-            "1200",
-            "--workloads",
-            "A",
-            "--large-only",
-            "--no-postgres",
-            "--no-flow",
-            "--output",
-            str(out),
-            "--workdir",
-            str(tmp_path / "work"),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _run_module(
+        "benchmarks.run",
+        "--rows",
+        "300",
+        "1200",
+        "--workloads",
+        "A",
+        "--large-only",
+        "--no-postgres",
+        "--no-flow",
+        "--output",
+        str(out),
+        "--workdir",
+        str(tmp_path / "work"),
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     document = json.loads((out / "large.json").read_text())
     results = {r["id"]: r for r in document["results"]}
     assert set(results) == {
@@ -99,27 +92,17 @@ def test_large_only_runs_just_the_largest_size(tmp_path: Path) -> None:
 def test_dask_step_keeps_to_its_budget(tmp_path: Path) -> None:
     """With no time left, the first 1-worker/2-worker pair still runs; the rest is skipped."""
     output = tmp_path / "dask.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.dask_speedup",
-            "--rows",
-            "40",
-            "--rounds",
-            "10",
-            "--budget",
-            "1",
-            "--output",
-            str(output),
-        ],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    _run_module(
+        "benchmarks.dask_speedup",
+        "--rows",
+        "40",
+        "--rounds",
+        "10",
+        "--budget",
+        "1",
+        "--output",
+        str(output),
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     document = json.loads(output.read_text())
     assert set(document["samples"]["seconds"]) == {"dask-1", "dask-2"}
     assert document["skipped"] == ["dask-1", "dask-2", "cli"]
